@@ -1,0 +1,165 @@
+"""Datasets of the testbed in TRL's standard formats.
+
+=====================  ===========================================  ==========================================
+split                  columns                                      used by
+=====================  ===========================================  ==========================================
+``sft``                ``prompt``, ``completion``                   SFT (demonstrations with deliberate errors)
+``preferences``        ``prompt``, ``chosen``, ``rejected``         reward model training (noisy labels)
+``preferences_pmp``    ``prompt``, ``chosen``, ``rejected``         Qwen-style PMP: larger and noisier
+``preferences_id``     ``prompt``, ``chosen``, ``rejected``         RM eval, same distribution, clean labels
+``preferences_ood``    ``prompt``, ``chosen``, ``rejected``         RM eval, longer inputs, clean labels
+``unlabeled``          ``prompt``                                   RLP (policy samples), PPO prompts
+``eval``               ``prompt``                                   gold judge of policies
+=====================  ===========================================  ==========================================
+
+Evaluation prompts are held out: no other split contains them.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from datasets import Dataset, DatasetDict
+
+from .tasks import TASKS, Problem, corrupt, format_answer, parse_answer, sample_problem, score_answer
+
+
+@dataclass
+class TestbedConfig:
+    """Sizes and noise levels of the testbed datasets.
+
+    Args:
+        seed: seed of every random choice; the same seed gives the same datasets.
+        tasks: task families to draw problems from (``"sort"``, ``"reverse"``).
+        min_len, max_len: input lengths (digits) of in-distribution problems.
+        ood_min_len, ood_max_len: input lengths of the out-of-distribution preference split.
+        num_sft: demonstrations. demo_error_rate: share of demonstrations with one mistake, so RL has room.
+        num_preferences, label_noise: reward-model pairs and the share of them whose labels are flipped.
+        num_pmp, pmp_label_noise: the larger, noisier comparison set for preference-model pretraining.
+        num_pref_eval: pairs in each clean evaluation split (ID and OOD).
+        num_unlabeled: prompts without answers (RLP samples, PPO prompts). num_eval: held-out judge prompts.
+        conversational: emit chat messages instead of plain text prompts/completions.
+    """
+
+    seed: int = 0
+    tasks: tuple[str, ...] = TASKS
+    min_len: int = 3
+    max_len: int = 6
+    ood_min_len: int = 7
+    ood_max_len: int = 9
+    num_sft: int = 2000
+    demo_error_rate: float = 0.3
+    num_preferences: int = 1000
+    label_noise: float = 0.2
+    num_pmp: int = 4000
+    pmp_label_noise: float = 0.35
+    num_pref_eval: int = 300
+    num_unlabeled: int = 500
+    num_eval: int = 200
+    conversational: bool = False
+
+    def __post_init__(self):
+        for name in ("demo_error_rate", "label_noise", "pmp_label_noise"):
+            if not 0.0 <= getattr(self, name) <= 0.5:
+                raise ValueError(f"TestbedConfig.{name}={getattr(self, name)} must lie in [0, 0.5].")
+        if not 1 <= self.min_len <= self.max_len:
+            raise ValueError("TestbedConfig needs 1 <= min_len <= max_len.")
+        unknown = set(self.tasks) - set(TASKS)
+        if unknown:
+            raise ValueError(f"Unknown testbed tasks {sorted(unknown)}; choose from {TASKS}.")
+
+
+def candidate_answer(problem: Problem, rng: random.Random) -> tuple[int, ...]:
+    """A candidate response as a weak policy would write it: right, slightly or badly wrong."""
+    target = problem.target
+    r = rng.random()
+    if r < 0.25:
+        return target
+    if r < 0.6:
+        return corrupt(target, rng)
+    if r < 0.8:
+        return corrupt(corrupt(target, rng), rng)
+    if r < 0.9:
+        return problem.digits  # echo of the input
+    shuffled = list(problem.digits)
+    rng.shuffle(shuffled)
+    return tuple(shuffled)
+
+
+class _Formatter:
+    def __init__(self, conversational: bool):
+        self.conversational = conversational
+
+    def prompt(self, p: Problem):
+        return [{"role": "user", "content": p.instruction}] if self.conversational else p.prompt
+
+    def completion(self, digits):
+        text = format_answer(digits)
+        return [{"role": "assistant", "content": text.strip()}] if self.conversational else text
+
+
+def _problems(rng, n, lo, hi, tasks, exclude):
+    out = []
+    while len(out) < n:
+        p = sample_problem(rng, lo, hi, tasks)
+        if p.prompt not in exclude:
+            out.append(p)
+    return out
+
+
+def _preference_rows(problems, rng, noise, fmt):
+    rows = []
+    for p in problems:
+        while True:  # two candidates with different gold scores
+            a, b = candidate_answer(p, rng), candidate_answer(p, rng)
+            sa, sb = score_answer(list(a), p.target), score_answer(list(b), p.target)
+            if sa != sb:
+                break
+        chosen, rejected = (a, b) if sa > sb else (b, a)
+        if rng.random() < noise:
+            chosen, rejected = rejected, chosen
+        rows.append({"prompt": fmt.prompt(p), "chosen": fmt.completion(chosen), "rejected": fmt.completion(rejected)})
+    return rows
+
+
+def make_datasets(config: TestbedConfig | None = None, **overrides) -> DatasetDict:
+    """Build every split of the testbed (see module docstring)."""
+    config = config or TestbedConfig(**overrides)
+    rng = random.Random(config.seed)
+    fmt = _Formatter(config.conversational)
+    eval_problems = _problems(rng, config.num_eval, config.min_len, config.max_len, config.tasks, set())
+    held_out = {p.prompt for p in eval_problems}
+    draw = lambda n, lo=config.min_len, hi=config.max_len: _problems(rng, n, lo, hi, config.tasks, held_out)  # noqa: E731
+
+    sft_rows = []
+    for p in draw(config.num_sft):
+        answer = p.target
+        if rng.random() < config.demo_error_rate:
+            answer = corrupt(answer, rng)
+        sft_rows.append({"prompt": fmt.prompt(p), "completion": fmt.completion(answer)})
+
+    splits = {
+        "sft": sft_rows,
+        "preferences": _preference_rows(draw(config.num_preferences), rng, config.label_noise, fmt),
+        "preferences_pmp": _preference_rows(draw(config.num_pmp), rng, config.pmp_label_noise, fmt),
+        "preferences_id": _preference_rows(draw(config.num_pref_eval), rng, 0.0, fmt),
+        "preferences_ood": _preference_rows(
+            draw(config.num_pref_eval, config.ood_min_len, config.ood_max_len), rng, 0.0, fmt
+        ),
+        "unlabeled": [{"prompt": fmt.prompt(p)} for p in draw(config.num_unlabeled)],
+        "eval": [{"prompt": fmt.prompt(p)} for p in eval_problems],
+    }
+    return DatasetDict({name: Dataset.from_list(rows) for name, rows in splits.items()})
+
+
+def label_agreement(dataset: Dataset) -> float:
+    """Share of pairs whose `chosen` has the higher gold score (1 − the realised label-noise rate)."""
+    from .tasks import gold_reward
+
+    chosen = gold_reward(dataset["prompt"], dataset["chosen"])
+    rejected = gold_reward(dataset["prompt"], dataset["rejected"])
+    return sum(c > r for c, r in zip(chosen, rejected)) / len(dataset)
+
+
+__all__ = ["TestbedConfig", "make_datasets", "label_agreement", "candidate_answer", "parse_answer"]
