@@ -1,0 +1,219 @@
+"""`icegrt-trl`: run recipe stages from the command line.
+
+    icegrt-trl sft recipes/tiny-offline.yaml --learning_rate 1e-3
+    icegrt-trl pipeline recipes/tiny-offline.yaml --output_dir runs/try --sft.num_train_epochs 2
+    icegrt-trl <command> --help
+
+A stage command reads its section of the recipe into the stage's dataclasses (TRL's own configs where
+they exist), then applies command-line overrides, as `TrlParser` does with `--config`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from .recipe import Recipe, RecipeError, load_recipe, recipe_from_dict
+from .stages import STAGE_REGISTRY, StageNotAvailable, get_stage
+from .stages.base import RunContext, Stage, apply_env, check_section_keys, run_stage, section_for
+
+STAGE_COMMANDS = ("sft", "reward", "reward_pmp", "ppo", "rlp", "eval")
+COMMANDS = STAGE_COMMANDS + ("pipeline",)
+
+
+class CLIError(Exception):
+    """A usage problem reported as `icegrt-trl: error: ...` with exit status 2."""
+
+
+def _split_recipe(argv: list[str]) -> tuple[str | None, list[str]]:
+    if argv and not argv[0].startswith("-"):
+        return argv[0], argv[1:]
+    return None, argv
+
+
+def _pop_option(argv: list[str], name: str) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            value = argv[i + 1]
+            del argv[i:i + 2]
+            return value
+        if arg.startswith(name + "="):
+            del argv[i]
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _coerce(parser, section: dict) -> dict:
+    """YAML reads `3e-3` as a string; convert scalars with the parser's own types, as the CLI would."""
+    types = {a.dest: a.type for a in parser._actions if callable(a.type)}
+    out = {}
+    for key, value in section.items():
+        t = types.get(key)
+        if isinstance(value, str) and t is not None and t is not str:
+            try:
+                value = t(value)
+            except (TypeError, ValueError) as err:
+                raise RecipeError(f"Option '{key}': cannot read {value!r}: {err}") from None
+        out[key] = value
+    return out
+
+
+def parse_stage_configs(stage: Stage, recipe: Recipe, ctx: RunContext, argv: Sequence[str]) -> tuple:
+    """Recipe section → stage dataclasses, with `argv` overriding the recipe. Raises before any training."""
+    from trl import TrlParser
+
+    section = section_for(recipe, stage)
+    check_section_keys(section, stage, recipe)
+    if "output_dir" in section:
+        raise RecipeError(
+            f"Stage '{stage.name}' sets output_dir; set the run's output_dir at the recipe's top level "
+            "(or --output_dir): each stage writes to <output_dir>/<stage>."
+        )
+    parser = TrlParser(stage.config_classes, prog=f"icegrt-trl {stage.name}")
+    field_names = {a.dest for a in parser._actions}
+    if "output_dir" in field_names:
+        section["output_dir"] = str(ctx.stage_dir(stage.name))
+    parser.set_defaults_with_config(**_coerce(parser, section))
+    try:
+        configs = parser.parse_args_into_dataclasses(args=list(argv))
+    except SystemExit as exit_:
+        raise CLIError(f"bad command-line options for stage '{stage.name}' (see above)") from exit_
+    return tuple(configs)
+
+
+def _stage_help(name: str) -> None:
+    try:
+        stage = get_stage(name)
+    except StageNotAvailable as err:
+        print(f"usage: icegrt-trl {name} RECIPE.yaml [--option value ...]\n\n{err}")
+        return
+    from trl import TrlParser
+
+    parser = TrlParser(stage.config_classes, prog=f"icegrt-trl {name}",
+                       description=f"{stage.help} Options come from the recipe's 'stages: {name}:' section; "
+                                   "the command line overrides them.")
+    parser.print_help()
+
+
+def run_stage_command(name: str, argv: list[str]) -> dict:
+    if "-h" in argv or "--help" in argv:
+        _stage_help(name)
+        return {}
+    recipe_path, rest = _split_recipe(argv)
+    if recipe_path is None:
+        raise CLIError(f"icegrt-trl {name} needs a recipe: icegrt-trl {name} RECIPE.yaml [--option value ...]")
+    recipe = load_recipe(recipe_path)
+    output_dir = _pop_option(rest, "--output_dir")
+    stage = get_stage(name)
+    apply_env(recipe)
+    ctx = RunContext.from_recipe(recipe, output_dir)
+    configs = parse_stage_configs(stage, recipe, ctx, rest)
+    figures = run_stage(stage, ctx, configs)
+    from .report import write_report
+
+    write_report(ctx)
+    return figures
+
+
+def _pipeline_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="icegrt-trl pipeline",
+        description="Run the recipe's stages in order (SFT → reward → PPO → RLP → eval), each in "
+                    "<output_dir>/<stage>/, then write <output_dir>/report.md. Per-stage overrides: "
+                    "--<stage>.<option> value, e.g. --sft.learning_rate 1e-3.",
+    )
+    p.add_argument("recipe", help="YAML recipe, e.g. recipes/tiny-offline.yaml")
+    p.add_argument("--output_dir", default=None, help="run folder (default: the recipe's output_dir)")
+    p.add_argument("--stages", default=None, help="comma-separated subset of the recipe's stages to run")
+    return p
+
+
+def run_pipeline(argv: list[str]) -> dict:
+    parser = _pipeline_parser()
+    args, rest = parser.parse_known_args(argv)
+    recipe = load_recipe(args.recipe)
+    overrides: dict[str, list[str]] = {}
+    it = iter(rest)
+    for arg in it:
+        key, _, value = arg.partition("=")
+        if not key.startswith("--") or "." not in key:
+            raise CLIError(f"unrecognized pipeline option {arg!r}; per-stage options are --<stage>.<option> value")
+        stage_name, option = key[2:].split(".", 1)
+        if stage_name not in recipe.stages:
+            raise CLIError(f"override {key!r} names stage {stage_name!r}, which the recipe does not run")
+        overrides.setdefault(stage_name, []).extend([f"--{option}", value or next(it, "")])
+    names = list(recipe.stages)
+    if args.stages:
+        names = [s.strip() for s in args.stages.split(",")]
+        missing = [s for s in names if s not in recipe.stages]
+        if missing:
+            raise CLIError(f"--stages names {missing}, which the recipe does not define (it has {list(recipe.stages)})")
+    if not names:
+        raise RecipeError(f"Recipe '{recipe.path}' defines no stages.")
+    apply_env(recipe)
+    ctx = RunContext.from_recipe(recipe, args.output_dir)
+    # Parse every stage's options first, so that a typo in the last stage fails before the first one trains.
+    stages = [get_stage(n) for n in names]
+    for stage in stages:
+        check_section_keys(section_for(recipe, stage), stage, recipe)
+    from .report import write_report
+
+    for stage in stages:
+        print(f"[icegrt-trl] stage '{stage.name}' → {ctx.stage_dir(stage.name)}", flush=True)
+        configs = parse_stage_configs(stage, recipe, ctx, overrides.get(stage.name, []))
+        run_stage(stage, ctx, configs)
+        write_report(ctx)
+    print(f"[icegrt-trl] report: {ctx.output_dir / 'report.md'}", flush=True)
+    return ctx.results
+
+
+def build_main_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="icegrt-trl",
+        description="PPO-based RLHF on current TRL: SFT → reward model → PPO → reward learning on policy → PPO.",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    helps = {
+        "sft": "supervised fine-tuning (TRL SFTTrainer)",
+        "reward": "reward-model training (BT, GRM regularizers)",
+        "reward_pmp": "Qwen-style preference-model pretraining then RM fine-tune",
+        "ppo": "PPO with the ICE-GRT / Qwen plugins",
+        "rlp": "reward learning on policy (UML / SPG), then PPO again",
+        "eval": "gold judge of policies, or accuracy of reward models",
+        "pipeline": "run every stage of a recipe and write report.md",
+    }
+    for name in COMMANDS:
+        sub.add_parser(name, help=helps[name], add_help=False)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_main_parser()
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command in ("-V", "--version"):
+        from . import __version__
+
+        print(__version__)
+        return 0
+    if command not in COMMANDS:
+        parser.print_usage(sys.stderr)
+        print(f"icegrt-trl: error: unknown command {command!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    try:
+        if command == "pipeline":
+            run_pipeline(rest)
+        else:
+            run_stage_command(command, rest)
+    except (RecipeError, StageNotAvailable, CLIError) as err:
+        print(f"icegrt-trl: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

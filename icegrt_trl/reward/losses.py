@@ -1,0 +1,112 @@
+"""Reward-model losses as small pure functions (tensors in, scalar tensor out).
+
+Conventions: ``rewards_chosen``/``rewards_rejected`` have shape ``(B,)``; log-probabilities are *summed* over
+response tokens (GRM's choice: a sequence-level log-likelihood, not a per-token mean), with prompt and padding
+tokens masked out.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+GRM_REGULARIZERS = ("sft", "dpo", "dpo_noref")
+
+
+def bradley_terry_loss(
+    rewards_chosen: torch.Tensor,
+    rewards_rejected: torch.Tensor,
+    margin: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """−mean log σ(r_c − r_r − m), optionally label-smoothed.
+
+    With ``label_smoothing = ε`` the pair's label is treated as correct with probability 1 − ε (as in cDPO), which
+    is the maximum-likelihood loss when a share ε of the labels is flipped:
+    ``−(1−ε)·log σ(d) − ε·log σ(−d)``. With ε = 0 the operations are exactly TRL's, so results match bit for bit.
+    """
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing={label_smoothing} must lie in [0, 0.5).")
+    diff = rewards_chosen - rewards_rejected
+    if margin is not None:
+        diff = diff - margin
+    if label_smoothing == 0.0:
+        return -F.logsigmoid(diff).mean()
+    return (-(1.0 - label_smoothing) * F.logsigmoid(diff) - label_smoothing * F.logsigmoid(-diff)).mean()
+
+
+def center_rewards_penalty(rewards_chosen: torch.Tensor, rewards_rejected: torch.Tensor) -> torch.Tensor:
+    """mean((r_c + r_r)²): pushes rewards towards mean zero (Eisenstein et al. 2023, Eq. 2; TRL's form)."""
+    return torch.mean((rewards_chosen + rewards_rejected) ** 2)
+
+
+def sequence_logps(logits: torch.Tensor, input_ids: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+    """Σ_t log π(x_t | x_<t) over the tokens where ``completion_mask`` is 1 (response tokens), shape ``(B,)``.
+
+    ``logits`` (B, L, V) are next-token logits at every position (logit t predicts token t+1), so token t is scored
+    by logit t−1; the first token can never be scored. Summation (not mean) follows GRM's ``get_batch_logps``.
+    """
+    if logits.shape[:2] != input_ids.shape or completion_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"sequence_logps: logits {tuple(logits.shape)}, input_ids {tuple(input_ids.shape)} and completion_mask "
+            f"{tuple(completion_mask.shape)} must agree on (batch, length)."
+        )
+    targets = input_ids[:, 1:]
+    mask = completion_mask[:, 1:].to(logits.dtype)
+    logps = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    token_logps = torch.gather(logps, 2, targets.unsqueeze(-1)).squeeze(-1)
+    return (token_logps * mask).sum(-1)
+
+
+def grm_sft_loss(logps_chosen: torch.Tensor, beta: float) -> torch.Tensor:
+    """GRM-SFT: −mean log σ(β·log π(y_c|x)); for very negative log π this is ≈ β·NLL of the chosen response."""
+    return -F.logsigmoid(beta * logps_chosen).mean()
+
+
+def grm_dpo_noref_loss(logps_chosen: torch.Tensor, logps_rejected: torch.Tensor, beta: float) -> torch.Tensor:
+    """GRM-DPO without reference: −mean log σ(β·(log π(y_c|x) − log π(y_r|x)))."""
+    return -F.logsigmoid(beta * (logps_chosen - logps_rejected)).mean()
+
+
+def grm_dpo_loss(
+    logps_chosen: torch.Tensor,
+    logps_rejected: torch.Tensor,
+    ref_logps_chosen: torch.Tensor,
+    ref_logps_rejected: torch.Tensor,
+    beta: float,
+) -> torch.Tensor:
+    """GRM-DPO: −mean log σ(β·[(log π(y_c) − log π(y_r)) − (log π_ref(y_c) − log π_ref(y_r))])."""
+    return -F.logsigmoid(beta * ((logps_chosen - logps_rejected) - (ref_logps_chosen - ref_logps_rejected))).mean()
+
+
+def grm_regularizer_loss(
+    kind: str,
+    logps_chosen: torch.Tensor,
+    logps_rejected: torch.Tensor | None,
+    beta: float,
+    ref_logps_chosen: torch.Tensor | None = None,
+    ref_logps_rejected: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Dispatch on the regularizer name (``"sft"``, ``"dpo"``, ``"dpo_noref"``)."""
+    if kind == "sft":
+        return grm_sft_loss(logps_chosen, beta)
+    if kind == "dpo_noref":
+        return grm_dpo_noref_loss(logps_chosen, logps_rejected, beta)
+    if kind == "dpo":
+        if ref_logps_chosen is None or ref_logps_rejected is None:
+            raise ValueError("The 'dpo' GRM regularizer needs reference log-probabilities.")
+        return grm_dpo_loss(logps_chosen, logps_rejected, ref_logps_chosen, ref_logps_rejected, beta)
+    raise ValueError(f"Unknown GRM regularizer {kind!r}; choose one of {GRM_REGULARIZERS}.")
+
+
+def grm_total_loss(bt_loss: torch.Tensor, reg_loss: torch.Tensor, alpha: float) -> torch.Tensor:
+    """(1 − α)·L_BT + α·L_reg (GRM's weighting, α = 0.01 by default)."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"grm_alpha={alpha} must lie in [0, 1].")
+    return (1.0 - alpha) * bt_loss + alpha * reg_loss
+
+
+__all__ = [
+    "GRM_REGULARIZERS", "bradley_terry_loss", "center_rewards_penalty", "grm_dpo_loss", "grm_dpo_noref_loss",
+    "grm_regularizer_loss", "grm_sft_loss", "grm_total_loss", "sequence_logps",
+]

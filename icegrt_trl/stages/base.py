@@ -1,0 +1,179 @@
+"""The stage contract shared by the CLI and the pipeline.
+
+A stage is a class with a `name`, the dataclasses its recipe section fills (`config_classes`), and
+`run(ctx, *configs) -> dict` returning the figures that go into the run's report. Stages find their inputs
+through the `RunContext`: the testbed datasets, the outputs of earlier stages (`stage:sft` as a model path),
+and where to write (`ctx.stage_dir(name)`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..recipe import Recipe, RecipeError
+
+logger = logging.getLogger(__name__)
+
+STAGE_PREFIX = "stage:"
+TESTBED_PREFIX = "testbed:"
+
+
+@dataclass
+class DataArguments:
+    """Where a stage's data comes from.
+
+    Args:
+        dataset_name: ``"testbed"`` for the offline testbed (configured by the recipe's ``testbed:`` section), or
+            a dataset for `datasets.load_dataset` (a Hub id or a local path / data files folder).
+        dataset_config: the dataset's configuration name, if any.
+        dataset_train_split: split used for training (testbed: ``sft``, ``preferences``, ``unlabeled``, ...).
+        dataset_eval_splits: splits used for evaluation; empty means the stage's default.
+    """
+
+    dataset_name: str = "testbed"
+    dataset_config: str | None = None
+    dataset_train_split: str | None = None
+    dataset_eval_splits: list[str] = field(default_factory=list)
+
+
+class StageNotAvailable(RuntimeError):
+    """The stage exists in the CLI but its implementation has not landed yet."""
+
+
+class Stage:
+    """Base class: subclasses set `name`, `help`, `config_classes` and implement `run`."""
+
+    name: ClassVar[str]
+    help: ClassVar[str]
+    config_classes: ClassVar[tuple[type, ...]]
+
+    def run(self, ctx: "RunContext", *configs) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+@dataclass
+class RunContext:
+    """Shared state of one CLI invocation: the recipe, the output root, and results gathered so far."""
+
+    recipe: Recipe
+    output_dir: Path
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _testbed: Any = None
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe, output_dir: str | None = None) -> "RunContext":
+        root = Path(output_dir or recipe.output_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        ctx = cls(recipe=recipe, output_dir=root)
+        ctx.results = ctx._read_results()
+        return ctx
+
+    # --- paths and earlier stages ------------------------------------------------------------------
+    def stage_dir(self, name: str) -> Path:
+        return self.output_dir / name
+
+    def resolve_path(self, spec: str) -> str:
+        """``stage:sft`` → the folder the sft stage saved its model to; anything else unchanged."""
+        if spec and spec.startswith(STAGE_PREFIX):
+            stage = spec[len(STAGE_PREFIX):]
+            path = self.stage_dir(stage)
+            if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+                raise RecipeError(
+                    f"'{spec}' refers to the output of stage '{stage}', but {path} holds no saved model. "
+                    f"Run the '{stage}' stage first (icegrt-trl {stage} ... or the pipeline)."
+                )
+            return str(path)
+        return spec
+
+    # --- data --------------------------------------------------------------------------------------
+    def testbed(self):
+        if self._testbed is None:
+            from ..testbed import TestbedConfig, make_datasets
+
+            fields = {f.name for f in dataclasses.fields(TestbedConfig)}
+            unknown = set(self.recipe.testbed) - fields
+            if unknown:
+                raise RecipeError(
+                    f"Recipe section 'testbed': unknown key(s) {sorted(unknown)}. TestbedConfig fields: {sorted(fields)}."
+                )
+            self._testbed = make_datasets(TestbedConfig(**self.recipe.testbed))
+        return self._testbed
+
+    def dataset(self, data: DataArguments, split: str):
+        """One split of the stage's dataset (the testbed or anything `datasets.load_dataset` reads)."""
+        if data.dataset_name == "testbed":
+            splits = self.testbed()
+        else:
+            from datasets import load_dataset
+
+            splits = load_dataset(data.dataset_name, data.dataset_config)
+        if split not in splits:
+            raise RecipeError(
+                f"Dataset '{data.dataset_name}' has no split '{split}'. Available splits: {sorted(splits)}."
+            )
+        return splits[split]
+
+    # --- results and report ------------------------------------------------------------------------
+    def _results_file(self) -> Path:
+        return self.output_dir / "results.json"
+
+    def _read_results(self) -> dict:
+        f = self._results_file()
+        return json.loads(f.read_text()) if f.is_file() else {}
+
+    def record(self, stage: str, figures: dict[str, Any]) -> None:
+        self.results[stage] = figures
+        self._results_file().write_text(json.dumps(self.results, indent=2, default=str))
+
+
+def run_stage(stage: Stage, ctx: RunContext, configs: tuple) -> dict[str, Any]:
+    start = time.time()
+    figures = stage.run(ctx, *configs) or {}
+    figures["runtime_s"] = round(time.time() - start, 1)
+    ctx.record(stage.name, figures)
+    return figures
+
+
+def section_for(recipe: Recipe, stage: Stage) -> dict[str, Any]:
+    """The recipe's options for `stage`, with the recipe-wide defaults (seed, output_dir) filled in."""
+    section = dict(recipe.stages.get(stage.name, {}))
+    field_names = {f.name for cls in stage.config_classes for f in dataclasses.fields(cls)}
+    if recipe.seed is not None and "seed" in field_names:
+        section.setdefault("seed", recipe.seed)
+    # TRL's configs default to bf16, which CPU-only machines cannot train in: fall back to fp32 there
+    # unless the recipe asks otherwise.
+    if "bf16" in field_names and "bf16" not in section and not _has_accelerator():
+        section["bf16"] = False
+    return section
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+
+
+def check_section_keys(section: dict[str, Any], stage: Stage, recipe: Recipe) -> None:
+    known = {f.name for cls in stage.config_classes for f in dataclasses.fields(cls)}
+    for key in section:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            classes = ", ".join(c.__name__ for c in stage.config_classes)
+            raise RecipeError(
+                f"Recipe '{recipe.path}', stage '{stage.name}': unknown key '{key}'.{hint} "
+                f"Keys of this stage come from {classes} (see `icegrt-trl {stage.name} --help`)."
+            )
+
+
+def apply_env(recipe: Recipe) -> None:
+    for key, value in recipe.env.items():
+        os.environ.setdefault(key, value)
