@@ -212,6 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (RecipeError, StageNotAvailable, CLIError) as err:
         print(f"icegrt-trl: error: {err}", file=sys.stderr)
         return 2
+    except SystemExit as exit_:  # argparse's --help and usage errors
+        return exit_.code if isinstance(exit_.code, int) else 2
     return 0
 
 

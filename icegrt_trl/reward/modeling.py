@@ -59,7 +59,10 @@ class GRMConfig(PretrainedConfig):
         if lm_config is not None:
             for key in ("pad_token_id", "eos_token_id", "bos_token_id"):
                 kwargs.setdefault(key, getattr(lm_config, key, None))
+        attn = getattr(lm_config, "_attn_implementation", None)
         super().__init__(**kwargs)
+        if attn is not None:  # PretrainedConfig.__init__ resets sub-configs' attention choice; keep the live LM's
+            lm_config._attn_implementation = attn
 
     @property
     def hidden_size(self) -> int:

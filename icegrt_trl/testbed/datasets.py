@@ -42,6 +42,8 @@ class TestbedConfig:
         conversational: emit chat messages instead of plain text prompts/completions.
     """
 
+    __test__ = False  # not a pytest class despite its name
+
     seed: int = 0
     tasks: tuple[str, ...] = TASKS
     min_len: int = 3

@@ -1,0 +1,174 @@
+"""PPOConfig: trl 1.12's PPOConfig fields (same names, meanings, defaults) plus the ICE-GRT/Qwen knobs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from trl.trainer.base_config import _BaseConfig
+
+
+@dataclass
+class PPOConfig(_BaseConfig):
+    r"""
+    Configuration of [`PPOTrainer`]. Extends [`~transformers.TrainingArguments`] (through TRL's base config, so
+    `logging_steps=10`, `gradient_checkpointing=True`, `bf16=True` unless `fp16`, `learning_rate=3e-6` as in trl 1.12).
+
+    Sizes: one *rollout* holds ``per_device_train_batch_size × gradient_accumulation_steps × num_mini_batches``
+    sequences per process (``local_batch_size``), i.e. that many / ``num_samples_per_prompt`` prompts. Each rollout
+    is reused for ``num_ppo_epochs`` passes, each pass split into ``num_mini_batches`` optimizer steps of
+    ``gradient_accumulation_steps`` micro-batches. Trainer's ``global_step`` counts optimizer steps, so one rollout
+    is ``num_ppo_epochs × num_mini_batches`` steps (trl 1.12 counted one step per rollout).
+
+    Parameters kept from trl 1.12 (`trl.experimental.ppo.PPOConfig`):
+        dataset_num_proc (`int`, *optional*): processes for tokenizing the dataset.
+        num_mini_batches (`int`, defaults to `1`): mini-batches (optimizer steps) per pass over a rollout.
+        total_episodes (`int`, *optional*): total sequences to generate; `None` → ``num_train_epochs ×
+            len(train_dataset) × num_samples_per_prompt``. Sets ``max_steps`` when ``max_steps`` is not given.
+        local_rollout_forward_batch_size (`int`, defaults to `64`): rows per no-grad forward/generation chunk.
+        num_sample_generations (`int`, defaults to `10`): how many times to log sample completions of `eval_dataset`
+            during training (0 disables).
+        response_length (`int`, defaults to `53`): maximum new tokens per response.
+        stop_token (`"eos"` or `None`): stop (and truncate) at the tokenizer's EOS. Exclusive with `stop_token_id`.
+        stop_token_id (`int`, *optional*): stop (and truncate) at this token id. Without either, generation stops at
+            the model's `generation_config.eos_token_id`.
+        temperature (`float`, defaults to `0.7`): sampling temperature; log-probabilities use the same temperature.
+        missing_eos_penalty (`float`, *optional*): subtracted from the score of responses without a stop token.
+        kl_coef (`float`, defaults to `0.05`): initial β of the KL penalty.
+        kl_estimator (`"k1"`, `"k2"` or `"k3"`, defaults to `"k1"`): KL estimator (Schulman, "Approximating KL
+            Divergence"); any name registered with `icegrt_trl.ppo.core.register_kl_estimator`.
+        cliprange (`float`, defaults to `0.2`): PPO policy ratio clip ε.
+        vf_coef (`float`, defaults to `0.1`): weight of the value loss.
+        cliprange_value (`float`, defaults to `0.2`): value clip around the rollout values (Qwen: 0.15).
+        gamma (`float`, defaults to `1.0`): discount. lam (`float`, defaults to `0.95`): GAE λ.
+        whiten_rewards (`bool`, defaults to `False`): whiten token rewards (scale only) before GAE, all processes.
+        model_adapter_name (`str`, *optional*): the trained PEFT adapter when the model holds several.
+        ref_adapter_name (`str`, *optional*): a PEFT adapter to use as reference (default: adapters disabled).
+
+    Parameters added by icegrt-trl:
+        num_samples_per_prompt (`int`, defaults to `1`): responses sampled per prompt (Qwen: 2); the samples of one
+            prompt stay on one process (needed by `advantage_normalization="group"`).
+        top_p (`float`, defaults to `1.0`): nucleus sampling (Qwen: 0.9). top_k (`int`, defaults to `0` = off).
+        max_prompt_length (`int`, *optional*): longer prompts are truncated from the left (counted in a warning);
+            `None` → model's ``max_position_embeddings − response_length`` when known.
+        reward_weights (`list[float]`, *optional*): weights of the reward sources when `reward_model` is a list
+            (default: all 1).
+        reward_scaling (`str`, defaults to `"none"`): `"none"`, `"running_meanstd"` (Qwen's running-mean
+            normalization), `"running_std"`, `"fixed"` (× `reward_scale`) or a registered plugin name.
+        reward_scale (`float`, defaults to `1.0`): factor of `reward_scaling="fixed"`.
+        reward_clip (`float`, *optional*): clip scaled scores to ±reward_clip (ICE-GRT-style reward scaling).
+        kl_controller (`str`, defaults to `"fixed"`): `"fixed"` or `"adaptive"` (Ziegler et al. 2019).
+        kl_target (`float`, defaults to `6.0`), kl_horizon (`int`, defaults to `10000`): adaptive controller's
+            target sequence KL and horizon (old TRL defaults).
+        kl_penalty (`"reward"` or `"loss"`, defaults to `"reward"`): put −β·KL into the token rewards (classic PPO-RLHF)
+            or add β·KL(π‖π_ref) to the policy loss (GRPO-style, uses `kl_estimator` on the new log-probs).
+        advantage_normalization (`str`, defaults to `"whiten"`): `"whiten"` (over all processes), `"none"`, `"group"`
+            (within the samples of one prompt).
+        value_warmup_steps (`int`, defaults to `0`): first optimizer steps that train the value model only (Qwen: 50).
+        value_learning_rate (`float`, *optional*): separate learning rate for the value model (Qwen: policy 1e-6,
+            value 5e-6); default `learning_rate`.
+        ptx_coef (`float`, defaults to `0.0`): weight of the next-token loss on `ptx_dataset` added to policy updates.
+        ptx_batch_size (`int`, *optional*): rows of `ptx_dataset` per micro-batch (default
+            `per_device_train_batch_size`).
+        value_head_init_std (`float`, defaults to `0.0`): std of the new value head's weights (0 → starts at V = 0).
+        save_merged_model (`bool`, defaults to `False`): under PEFT, `save_model` also writes the merged policy to
+            `output_dir/merged` (not for quantized bases).
+        recipe (`str`, *optional*): name of the recipe that produced the run, written to the model card.
+    """
+
+    _VALID_DICT_FIELDS = _BaseConfig._VALID_DICT_FIELDS if hasattr(_BaseConfig, "_VALID_DICT_FIELDS") else []
+
+    learning_rate: float = field(default=3e-6, metadata={"help": "The initial learning rate for AdamW."})
+    # --- trl 1.12 fields
+    dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for dataset tokenization."})
+    num_mini_batches: int = field(default=1, metadata={"help": "Number of minibatches to split a batch into."})
+    total_episodes: int | None = field(default=None, metadata={"help": "Total number of episodes (sequences)."})
+    local_rollout_forward_batch_size: int = field(default=64, metadata={"help": "Rows per no-grad rollout forward."})
+    num_sample_generations: int = field(default=10, metadata={"help": "Sample-completion logs during training."})
+    response_length: int = field(default=53, metadata={"help": "Length of the response."})
+    stop_token: Literal["eos"] | None = field(default=None, metadata={"help": "'eos' or None."})
+    stop_token_id: int | None = field(default=None, metadata={"help": "Stop token id; exclusive with stop_token."})
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature."})
+    missing_eos_penalty: float | None = field(default=None, metadata={"help": "Score penalty without EOS."})
+    model_adapter_name: str | None = field(default=None, metadata={"help": "Trained PEFT adapter name."})
+    ref_adapter_name: str | None = field(default=None, metadata={"help": "Reference PEFT adapter name."})
+    num_ppo_epochs: int = field(default=4, metadata={"help": "Passes over each rollout."})
+    whiten_rewards: bool = field(default=False, metadata={"help": "Whiten the rewards."})
+    kl_coef: float = field(default=0.05, metadata={"help": "KL coefficient (initial, for adaptive control)."})
+    kl_estimator: str = field(default="k1", metadata={"help": "KL estimator: k1, k2 or k3."})
+    cliprange: float = field(default=0.2, metadata={"help": "Clip range."})
+    vf_coef: float = field(default=0.1, metadata={"help": "Value function coefficient."})
+    cliprange_value: float = field(default=0.2, metadata={"help": "Clip range for the value function."})
+    gamma: float = field(default=1.0, metadata={"help": "Discount factor."})
+    lam: float = field(default=0.95, metadata={"help": "Lambda value for GAE."})
+    # --- icegrt-trl fields
+    num_samples_per_prompt: int = field(default=1, metadata={"help": "Responses per prompt (Qwen: 2)."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling p (Qwen: 0.9)."})
+    top_k: int = field(default=0, metadata={"help": "Top-k sampling (0 = off)."})
+    max_prompt_length: int | None = field(default=None, metadata={"help": "Left-truncate longer prompts."})
+    reward_weights: list[float] | None = field(default=None, metadata={"help": "Weights of the reward sources."})
+    reward_scaling: str = field(default="none", metadata={"help": "none|running_meanstd|running_std|fixed."})
+    reward_scale: float = field(default=1.0, metadata={"help": "Factor of reward_scaling='fixed'."})
+    reward_clip: float | None = field(default=None, metadata={"help": "Clip scaled scores to ±reward_clip."})
+    kl_controller: str = field(default="fixed", metadata={"help": "fixed|adaptive."})
+    kl_target: float = field(default=6.0, metadata={"help": "Adaptive KL target."})
+    kl_horizon: int = field(default=10000, metadata={"help": "Adaptive KL horizon."})
+    kl_penalty: Literal["reward", "loss"] = field(default="reward", metadata={"help": "KL in reward or in loss."})
+    advantage_normalization: str = field(default="whiten", metadata={"help": "whiten|none|group."})
+    value_warmup_steps: int = field(default=0, metadata={"help": "Value-only optimizer steps first (Qwen: 50)."})
+    value_learning_rate: float | None = field(default=None, metadata={"help": "Value model learning rate."})
+    ptx_coef: float = field(default=0.0, metadata={"help": "Weight of the ptx (pretraining) loss."})
+    ptx_batch_size: int | None = field(default=None, metadata={"help": "ptx rows per micro-batch."})
+    value_head_init_std: float = field(default=0.0, metadata={"help": "Std of the new value head's weights."})
+    save_merged_model: bool = field(default=False, metadata={"help": "Also save the merged PEFT policy."})
+    recipe: str | None = field(default=None, metadata={"help": "Recipe name for the model card."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        errors = []
+        if self.response_length < 1:
+            errors.append(f"response_length must be >= 1, got {self.response_length}.")
+        for name in ("num_ppo_epochs", "num_mini_batches", "num_samples_per_prompt", "local_rollout_forward_batch_size"):
+            if getattr(self, name) < 1:
+                errors.append(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.stop_token is not None and self.stop_token_id is not None:
+            errors.append("You cannot set both `stop_token` and `stop_token_id`.")
+        if self.stop_token not in (None, "eos"):
+            errors.append(f"Unknown `stop_token` {self.stop_token!r}. Allowed values are 'eos' and None.")
+        if self.temperature <= 0:
+            errors.append(f"temperature must be > 0, got {self.temperature}.")
+        if not 0 < self.top_p <= 1:
+            errors.append(f"top_p must lie in (0, 1], got {self.top_p}.")
+        if self.kl_penalty not in ("reward", "loss"):
+            errors.append(f"kl_penalty must be 'reward' or 'loss', got {self.kl_penalty!r}.")
+        if self.missing_eos_penalty is not None and self.missing_eos_penalty < 0:
+            errors.append("missing_eos_penalty must be a positive value.")
+        if self.value_warmup_steps < 0 or self.ptx_coef < 0:
+            errors.append("value_warmup_steps and ptx_coef must be >= 0.")
+        if self.reward_clip is not None and self.reward_clip <= 0:
+            errors.append("reward_clip must be > 0.")
+        if self.advantage_normalization == "group" and self.num_samples_per_prompt < 2:
+            errors.append("advantage_normalization='group' needs num_samples_per_prompt >= 2.")
+        local = self.per_device_train_batch_size * self.gradient_accumulation_steps * self.num_mini_batches
+        if local % self.num_samples_per_prompt:
+            errors.append(
+                f"The rollout of per_device_train_batch_size × gradient_accumulation_steps × num_mini_batches = "
+                f"{self.per_device_train_batch_size} × {self.gradient_accumulation_steps} × {self.num_mini_batches} = "
+                f"{local} sequences does not divide by num_samples_per_prompt={self.num_samples_per_prompt}."
+            )
+        if errors:
+            raise ValueError("Invalid PPOConfig: " + " ".join(errors))
+
+    # Sizes, as trl 1.12 named them (per process unless said otherwise).
+    @property
+    def local_batch_size(self) -> int:
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps * self.num_mini_batches
+
+    @property
+    def local_mini_batch_size(self) -> int:
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps
+
+    @property
+    def steps_per_rollout(self) -> int:
+        """Optimizer steps made from one rollout."""
+        return self.num_ppo_epochs * self.num_mini_batches

@@ -1,0 +1,95 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from icegrt_trl.cli import COMMANDS, main
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "tiny-offline.yaml"
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_for_every_subcommand(command, capsys):
+    assert main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert f"icegrt-trl {command}" in out
+
+
+def test_top_level_help_lists_commands(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in COMMANDS:
+        assert command in out
+
+
+def test_console_script_installed():
+    out = subprocess.run([Path(sys.executable).parent / "icegrt-trl", "sft", "--help"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "--learning_rate" in out and "--model_name_or_path" in out
+
+
+def _recipe(tmp_path, data) -> str:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def test_missing_recipe_file(capsys):
+    assert main(["sft", "no/such/recipe.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "Recipe file 'no/such/recipe.yaml' not found" in err
+
+
+def test_unknown_stage_key_suggests_fix(tmp_path, capsys):
+    path = _recipe(tmp_path, {"stages": {"sft": {"learnin_rate": 1e-3}}})
+    assert main(["pipeline", path, "--output_dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "stage 'sft': unknown key 'learnin_rate'" in err and "Did you mean 'learning_rate'?" in err
+    assert not (tmp_path / "out" / "sft").exists()  # nothing trained
+
+
+def test_typo_in_last_stage_fails_before_first_stage_trains(tmp_path, capsys):
+    path = _recipe(tmp_path, {"stages": {"sft": {"model_name_or_path": "testbed:llama"},
+                                         "eval": {"mdoe": "policy"}}})
+    assert main(["pipeline", path, "--output_dir", str(tmp_path / "out")]) == 2
+    assert "unknown key 'mdoe'" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "sft").exists()
+
+
+def test_unknown_top_level_key(tmp_path, capsys):
+    path = _recipe(tmp_path, {"stagess": {}})
+    assert main(["pipeline", path]) == 2
+    assert "unknown top-level key(s) ['stagess']" in capsys.readouterr().err
+
+
+def test_bad_value_type(tmp_path, capsys):
+    path = _recipe(tmp_path, {"stages": {"sft": {"learning_rate": "fast"}}})
+    assert main(["sft", path, "--output_dir", str(tmp_path / "out")]) == 2
+    assert "Option 'learning_rate': cannot read 'fast'" in capsys.readouterr().err
+
+
+def test_stage_output_dir_is_reserved(tmp_path, capsys):
+    path = _recipe(tmp_path, {"stages": {"sft": {"output_dir": "elsewhere"}}})
+    assert main(["sft", path, "--output_dir", str(tmp_path / "out")]) == 2
+    assert "set the run's output_dir at the recipe's top level" in capsys.readouterr().err
+
+
+def test_reference_to_a_stage_that_did_not_run(tmp_path, capsys):
+    path = _recipe(tmp_path, {"stages": {"eval": {"policies": ["stage:ppo"]}}})
+    assert main(["eval", path, "--output_dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "'stage:ppo' refers to the output of stage 'ppo'" in err and "Run the 'ppo' stage first" in err
+
+
+def test_unavailable_stage_says_so(tmp_path, capsys):
+    path = _recipe(tmp_path, {"stages": {"rlp": {}}})
+    assert main(["rlp", path, "--output_dir", str(tmp_path / "out")]) == 2
+    assert "The 'rlp' stage is not available yet" in capsys.readouterr().err
+
+
+def test_unknown_command(capsys):
+    assert main(["train"]) == 2
+    assert "unknown command 'train'" in capsys.readouterr().err

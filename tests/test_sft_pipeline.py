@@ -1,0 +1,25 @@
+"""End to end: the pipeline's SFT stage raises the gold score above the untrained model, and eval reports it."""
+
+import json
+from pathlib import Path
+
+from icegrt_trl.cli import main
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "tiny-offline.yaml"
+
+
+def test_sft_then_eval_pipeline(tmp_path):
+    out = tmp_path / "run"
+    code = main(["pipeline", str(RECIPE), "--output_dir", str(out), "--stages", "sft,eval",
+                 "--sft.num_train_epochs", "2", "--sft.logging_steps", "50"])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    sft = results["sft"]
+    assert sft["gold_score_before"] < 0.2
+    assert sft["gold_score_after"] > sft["gold_score_before"] + 0.4
+    assert (out / "sft" / "model.safetensors").is_file() and (out / "sft" / "tokenizer.json").is_file()
+    ev = results["eval"]
+    assert ev["stage:sft/gold_score"] == sft["gold_score_after"]  # same greedy completions, same judge
+    assert ev["testbed:llama/win_rate_vs_stage:sft"] < 0.2
+    report = (out / "report.md").read_text()
+    assert "## sft" in report and "gold_score_after" in report and "## eval" in report
