@@ -46,3 +46,16 @@ def test_save_and_reload(tmp_path):
     assert again(text)["input_ids"] == tok(text)["input_ids"]
     assert again.chat_template == tok.chat_template
     assert (again.pad_token, again.eos_token, again.padding_side) == ("<pad>", "<eos>", "left")
+
+
+def test_reload_beside_a_qwen2_model(tmp_path):
+    # transformers picks Qwen2Tokenizer from a Qwen2 config.json; our loader keeps the saved class.
+    from icegrt_trl.stages.loading import load_saved_tokenizer
+    from icegrt_trl.testbed import tiny_causal_lm
+
+    tok = build_tokenizer()
+    tiny_causal_lm("qwen2", tok).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    again = load_saved_tokenizer(str(tmp_path))
+    assert again("sort 3 1 :")["input_ids"] == tok("sort 3 1 :")["input_ids"]
+    assert again.decode(again(" 1 2")["input_ids"]) == "1 2"

@@ -57,13 +57,13 @@ class ModelReward:
     def _texts(self, batch) -> list[str]:
         """Re-render prompt + completion for the reward model's tokenizer."""
         tok, out = self.tokenizer, []
-        for prompt, completion, ended in zip(batch["prompts"], batch["completions_text"], batch["ended"].tolist()):
+        rows = zip(batch["prompts"], batch["prompt_texts"], batch["completions_text"], batch["ended"].tolist())
+        for prompt, prompt_text, completion, ended in rows:
             if isinstance(prompt, list) and getattr(tok, "chat_template", None):
                 msgs = prompt + [{"role": "assistant", "content": completion.strip()}]
                 out.append(tok.apply_chat_template(msgs, tokenize=False))
             else:
-                text = prompt if isinstance(prompt, str) else batch["prompt_texts"][len(out)]
-                out.append(text + completion + (tok.eos_token or "" if ended else ""))
+                out.append(prompt_text + completion + ((tok.eos_token or "") if ended else ""))
         return out
 
     @torch.no_grad()

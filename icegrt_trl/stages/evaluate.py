@@ -65,7 +65,7 @@ class EvalStage(Stage):
             raise RecipeError("Nothing to evaluate: no policy stage has saved a model in this run, and "
                               "'policies' is empty. Run a policy stage first or list policies.")
         if not args.policies:
-            init = ctx.recipe.stages.get("sft", {}).get("model_name_or_path")
+            init = ctx.results.get("sft", {}).get("model")  # the model the SFT stage started from
             if init and init.startswith("testbed:"):
                 specs.insert(0, init)
         prompts = eval_prompts(ctx, judge)

@@ -12,7 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedTokenizerFast,
+)
 
 from ..recipe import RecipeError
 from .base import TESTBED_PREFIX, RunContext
@@ -43,7 +48,27 @@ def load_tokenizer(ctx: RunContext, spec: str, tokenizer_spec: str | None = None
         from ..testbed import build_tokenizer
 
         return build_tokenizer()
-    return AutoTokenizer.from_pretrained(ctx.resolve_path(spec))
+    return load_saved_tokenizer(ctx.resolve_path(spec))
+
+
+GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def load_saved_tokenizer(path: str):
+    """`AutoTokenizer.from_pretrained`, except that a folder declaring a generic fast tokenizer gets one.
+
+    transformers 5 picks the tokenizer class from the *model* type when a model config sits beside the
+    tokenizer (e.g. `Qwen2Tokenizer` next to a Qwen2 config), which silently re-tokenizes a custom vocabulary
+    such as the testbed's. The class the tokenizer was saved as is the right one.
+    """
+    config_file = Path(path) / "tokenizer_config.json"
+    if config_file.is_file():
+        import json
+
+        declared = json.loads(config_file.read_text()).get("tokenizer_class")
+        if declared in GENERIC_TOKENIZER_CLASSES:
+            return PreTrainedTokenizerFast.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(path)
 
 
 def _materialize_testbed(ctx: RunContext, spec: str, kind: str, tokenizer, seed: int) -> str:

@@ -1,0 +1,169 @@
+"""Models of the PPO loop: value model (backbone + scalar head), policy+value wrapper, adapter switching.
+
+Under PEFT one base hosts everything: the policy adapter, a second adapter for the value model (plus its head),
+and the reference (adapters switched off). Adapters are switched by setting PEFT's per-layer active-adapter
+attributes directly, which — unlike ``set_adapter``/``disable_adapter`` — leaves ``requires_grad`` alone, so both
+adapters stay trainable by one optimizer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+
+import torch
+from torch import nn
+
+
+def is_peft_model(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(model, PeftModel)
+
+
+def _tuner_layers(model) -> list:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+
+
+@contextlib.contextmanager
+def adapter_scope(model, adapter_name: str | None, layers: list | None = None):
+    """Run with only ``adapter_name`` active (``None``: all adapters off, the base model), then restore."""
+    layers = layers if layers is not None else _tuner_layers(model)
+    saved = [(m._active_adapter, m._disable_adapters) for m in layers]
+    try:
+        for m in layers:
+            if adapter_name is None:
+                m._disable_adapters = True
+            else:
+                m._active_adapter, m._disable_adapters = [adapter_name], False
+        yield
+    finally:
+        for m, (active, disabled) in zip(layers, saved):
+            m._active_adapter, m._disable_adapters = active, disabled
+
+
+def backbone_of(model: nn.Module) -> nn.Module:
+    """The transformer body (no LM or classification head) of a causal LM or sequence classifier."""
+    if is_peft_model(model):
+        model = model.get_base_model()
+    prefix = getattr(model, "base_model_prefix", "model")
+    body = getattr(model, prefix, None)
+    if body is None or body is model:
+        raise ValueError(f"Cannot find the backbone of {type(model).__name__} (base_model_prefix={prefix!r}).")
+    return body
+
+
+def position_ids_from(mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, as generation uses them."""
+    return (mask.cumsum(1) - 1).clamp(min=0)
+
+
+class ValueModel(nn.Module):
+    """Per-token values V(s_t) = head(h_t): a backbone plus a scalar head.
+
+    ``adapter`` set: the backbone is shared with a PEFT policy and runs with that adapter active; the backbone is then
+    kept out of this module's parameters (they belong to the policy) — only the head is registered.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, adapter: str | None = None, peft_model=None):
+        super().__init__()
+        self.head, self.adapter = head, adapter
+        if adapter is None:
+            self.backbone = backbone
+        else:
+            object.__setattr__(self, "_shared_backbone", backbone)
+            object.__setattr__(self, "_peft_model", peft_model)
+            object.__setattr__(self, "_layers", _tuner_layers(peft_model))
+
+    @classmethod
+    def from_model(cls, model: nn.Module, init_std: float = 0.0) -> "ValueModel":
+        """From a sequence classifier (its backbone and ``score`` head) or a causal LM (its backbone, new head)."""
+        body = backbone_of(model)
+        head = getattr(model, "score", None)
+        if not isinstance(head, nn.Linear) or head.out_features != 1:
+            head = new_value_head(model.config.get_text_config().hidden_size, init_std)
+            head.to(next(model.parameters()).device)
+        return cls(body, head)
+
+    def body(self) -> nn.Module:
+        return self.backbone if self.adapter is None else self._shared_backbone
+
+    def forward(self, input_ids, attention_mask, position_ids=None):
+        ctx = adapter_scope(self._peft_model, self.adapter, self._layers) if self.adapter else contextlib.nullcontext()
+        with ctx:
+            h = self.body()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                            use_cache=False).last_hidden_state
+        return self.head(h.to(self.head.weight.dtype)).squeeze(-1)
+
+
+def new_value_head(hidden_size: int, init_std: float = 0.0) -> nn.Linear:
+    head = nn.Linear(hidden_size, 1, bias=True)
+    nn.init.normal_(head.weight, std=init_std) if init_std > 0 else nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    return head
+
+
+class PolicyAndValue(nn.Module):
+    """What Trainer optimizes and checkpoints: the policy and the value model in one module (one optimizer).
+
+    ``forward`` returns ``(logits or None, values)``; ``policy=False`` skips the policy (value warm-up).
+    """
+
+    def __init__(self, policy: nn.Module, value_model: ValueModel, policy_adapter: str | None = None):
+        super().__init__()
+        self.policy, self.value_model, self.policy_adapter = policy, value_model, policy_adapter
+        self.config = policy.config
+        self._layers = _tuner_layers(policy) if policy_adapter else None
+
+    @property
+    def generation_config(self):
+        return getattr(self.policy, "generation_config", None)
+
+    def policy_scope(self):
+        return adapter_scope(self.policy, self.policy_adapter, self._layers) if self.policy_adapter \
+            else contextlib.nullcontext()
+
+    def forward(self, input_ids, attention_mask, position_ids=None, policy: bool = True):
+        position_ids = position_ids if position_ids is not None else position_ids_from(attention_mask)
+        values = self.value_model(input_ids, attention_mask, position_ids)
+        logits = None
+        if policy:
+            with self.policy_scope():
+                logits = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                     use_cache=False).logits
+        return logits, values
+
+    def _checkpointing(self, enable: bool, **kwargs):
+        seen = set()
+        for m in (self.policy, self.value_model.body()):
+            base = m.get_base_model() if is_peft_model(m) else m
+            if id(base) in seen:
+                continue
+            seen.add(id(base))
+            name = "activation_checkpointing" if hasattr(base, "activation_checkpointing_enable") \
+                else "gradient_checkpointing"
+            fn = getattr(base, f"{name}_{'enable' if enable else 'disable'}", None)
+            if fn is not None:
+                fn(**kwargs) if enable else fn()
+            if enable and is_peft_model(m) and hasattr(base, "enable_input_require_grads"):
+                base.enable_input_require_grads()
+
+    def activation_checkpointing_enable(self, **kwargs):
+        self._checkpointing(True, **kwargs)
+
+    def activation_checkpointing_disable(self):
+        self._checkpointing(False)
+
+    gradient_checkpointing_enable = activation_checkpointing_enable
+    gradient_checkpointing_disable = activation_checkpointing_disable
+
+
+def make_reference(policy: nn.Module) -> nn.Module:
+    """A frozen copy of the policy (only when there is no PEFT adapter to switch off)."""
+    ref = copy.deepcopy(policy)
+    ref.eval().requires_grad_(False)
+    return ref

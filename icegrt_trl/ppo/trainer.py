@@ -1,0 +1,710 @@
+"""PPOTrainer: PPO with a critic on current TRL, built on ``transformers.Trainer`` the way TRL's GRPO/RLOO are.
+
+One *rollout* (generate → score → shape rewards → GAE) is made in ``_prepare_inputs`` and buffered; the next
+``num_ppo_epochs × num_mini_batches × gradient_accumulation_steps`` micro-batches are slices of it, and the losses
+are computed in ``compute_loss``. Trainer supplies the optimizer, schedule, gradient accumulation, checkpoints,
+resume, ``report_to``, callbacks and multi-process runs. Plugin state (reward moments, KL coefficient, warm-up
+progress, ptx stream position) and a partly used rollout are saved with each checkpoint and restored on resume.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import warnings
+from collections import defaultdict
+from typing import Any, Callable
+
+import torch
+from datasets import Dataset
+from torch import nn
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+from transformers.trainer_utils import load_sharded_checkpoint
+from trl.trainer.base_trainer import _BaseTrainer
+from trl.trainer.utils import RepeatSampler, disable_dropout_in_model, entropy_from_logits, identity, \
+    selective_log_softmax
+
+from ..plugins.registry import resolve_plugin
+from . import core
+from .config import PPOConfig
+from .data import is_conversational_prompt, prepare_prompt_dataset, prepare_ptx_rows
+from .modeling import PolicyAndValue, ValueModel, adapter_scope, backbone_of, is_peft_model, make_reference, \
+    new_value_head, position_ids_from
+from .plugins import HOOK_NAMES, PPOPlugin, run_hooks
+from .rewards import build_reward_sources
+
+STATE_FILE = "icegrt_ppo_state.json"
+BUFFER_FILE = "icegrt_ppo_rollout.pt"
+VALUE_HEAD_FILE = "value_head.safetensors"
+VALUE_MODEL_DIR = "value_model"
+VALUE_ADAPTER = "value"
+
+_TENSOR_KEYS = ("query_responses", "query_response_mask", "responses", "response_mask", "logprobs",
+                "ref_logprobs", "values", "advantages", "returns")
+
+
+class PPOTrainer(_BaseTrainer):
+    """PPO for RLHF with a value model, on ``transformers.Trainer``.
+
+    Args:
+        args: a :class:`PPOConfig`.
+        processing_class: the policy's tokenizer (a missing pad token is set to EOS, with a warning).
+        model: the policy (a causal LM, or a ``PeftModel``).
+        ref_model: frozen reference. ``None``: under PEFT the policy with adapters off (or ``args.ref_adapter_name``),
+            otherwise a frozen copy of the policy.
+        reward_model: a sequence-classification model, a callable ``(prompts, completions, **kw) -> list[float]``,
+            or a list of these (weighted by ``args.reward_weights``).
+        train_dataset: ``prompt`` column (text or chat messages) or pre-tokenized ``input_ids``.
+        value_model: a sequence classifier or causal LM whose backbone gets a scalar head. ``None``: built from the
+            policy's backbone (a copy; under PEFT a second adapter ``"value"`` on the same base) with a new head.
+        eval_dataset: prompts for ``evaluate()`` (mean score of greedy completions) and sample generations.
+        peft_config: a ``peft`` config to wrap ``model`` (LoRA / QLoRA on a 4-bit base).
+        callbacks, optimizers: as in ``transformers.Trainer``.
+        plugins: plugin instances (or registry names) overriding the ones named in ``args`` — reward scaling,
+            KL controller, advantage normalization, value warm-up, ptx — and any number of :class:`PPOHook`.
+        ptx_dataset: SFT/pretraining data for the ptx loss (``args.ptx_coef`` > 0).
+        reward_processing_classes: the tokenizer of each reward model that does not share the policy's tokenizer.
+    """
+
+    _tag_names = ["trl", "ppo", "icegrt-trl"]
+    _name = "PPO"
+    loss_is_scaled_for_ga = False  # Trainer divides our loss by the accumulation steps
+
+    def __init__(
+        self,
+        args: PPOConfig,
+        processing_class: PreTrainedTokenizerBase,
+        model: PreTrainedModel,
+        ref_model: PreTrainedModel | None = None,
+        reward_model: PreTrainedModel | Callable | list | None = None,
+        train_dataset: Dataset | None = None,
+        value_model: PreTrainedModel | None = None,
+        eval_dataset: Dataset | None = None,
+        peft_config=None,
+        callbacks: list[TrainerCallback] | None = None,
+        optimizers=(None, None),
+        plugins: list | None = None,
+        ptx_dataset: Dataset | None = None,
+        reward_processing_classes=None,
+    ):
+        if not isinstance(args, PPOConfig):
+            raise TypeError(f"`args` must be a PPOConfig, got {type(args).__name__}.")
+        if train_dataset is None:
+            raise ValueError("`train_dataset` is required.")
+        tok = processing_class
+        if tok.pad_token is None:
+            if tok.eos_token is None:
+                raise ValueError("The tokenizer has neither a pad token nor an EOS token.")
+            warnings.warn("The tokenizer has no pad token; using its EOS token as pad token.", stacklevel=2)
+            tok.pad_token = tok.eos_token
+        self.args_ppo = args
+        world = args.world_size
+        self._validate_sizes(args, train_dataset, world)
+
+        # ---- models
+        self.is_peft = peft_config is not None or is_peft_model(model)
+        policy_adapter = None
+        if peft_config is not None:
+            if is_peft_model(model):
+                raise ValueError("`model` is already a PeftModel; do not pass `peft_config` as well.")
+            from peft import get_peft_model
+
+            policy_adapter = args.model_adapter_name or "default"
+            model = get_peft_model(model, peft_config, adapter_name=policy_adapter)
+        elif self.is_peft:
+            policy_adapter = args.model_adapter_name or model.active_adapter
+        self.policy_adapter = policy_adapter
+        if self.is_peft and args.ref_adapter_name and args.ref_adapter_name not in model.peft_config:
+            raise ValueError(f"ref_adapter_name={args.ref_adapter_name!r} is not an adapter of the model "
+                             f"({list(model.peft_config)}).")
+        device_ref = next(model.parameters()).device
+        hidden = model.config.get_text_config().hidden_size
+        if value_model is not None:
+            value = ValueModel.from_model(value_model, args.value_head_init_std)
+        elif self.is_peft:
+            cfg = copy.deepcopy(model.peft_config[policy_adapter])
+            model.add_adapter(VALUE_ADAPTER, cfg)
+            head = new_value_head(hidden, args.value_head_init_std).to(device_ref)
+            value = ValueModel(backbone_of(model), head, adapter=VALUE_ADAPTER, peft_model=model)
+        else:
+            head = new_value_head(hidden, args.value_head_init_std).to(device_ref)
+            value = ValueModel(copy.deepcopy(backbone_of(model)), head)
+        if self.is_peft:  # both adapters trainable (add_adapter/set_adapter toggled requires_grad)
+            names = {policy_adapter} | ({VALUE_ADAPTER} if value_model is None else set())
+            for n, p in model.named_parameters():
+                if any(f".{a}." in n for a in names) and "lora_" in n or "modules_to_save" in n and any(
+                        f".{a}." in n for a in names):
+                    p.requires_grad_(True)
+        if ref_model is None and not self.is_peft:
+            ref_model = make_reference(model)
+        if ref_model is not None:
+            ref_model.eval().requires_grad_(False)
+        self.ref_model = ref_model
+        for m in (model, value, ref_model):
+            if m is not None:
+                disable_dropout_in_model(m)
+        wrapper = PolicyAndValue(model, value, policy_adapter)
+
+        # ---- rewards
+        self.reward_sources = build_reward_sources(reward_model, tok, reward_processing_classes,
+                                                   args.local_rollout_forward_batch_size)
+        weights = args.reward_weights or [1.0] * len(self.reward_sources)
+        if len(weights) != len(self.reward_sources):
+            raise ValueError(f"{len(weights)} reward_weights for {len(self.reward_sources)} reward sources.")
+        self.reward_weights = [float(w) for w in weights]
+        for s in self.reward_sources:
+            if hasattr(s, "model"):
+                disable_dropout_in_model(s.model)
+
+        # ---- plugins
+        self._init_plugins(args, plugins or [], ptx_dataset)
+
+        # ---- data
+        max_pos = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+        max_prompt = args.max_prompt_length or (max_pos - args.response_length if max_pos else None)
+        if max_prompt is not None and max_prompt < 1:
+            raise ValueError(f"response_length={args.response_length} leaves no room for prompts within "
+                             f"max_position_embeddings={max_pos}.")
+        train_dataset = prepare_prompt_dataset(train_dataset, tok, max_prompt, args.dataset_num_proc)
+        if eval_dataset is not None:
+            eval_dataset = prepare_prompt_dataset(eval_dataset, tok, max_prompt, args.dataset_num_proc,
+                                                  name="eval_dataset")
+        if self.ptx is not None:
+            self.ptx.set_data(prepare_ptx_rows(ptx_dataset, tok, max_pos or 2048))
+
+        # ---- schedule: optimizer steps from total_episodes (episodes = generated sequences)
+        global_batch = args.local_batch_size * world
+        if args.total_episodes is None:
+            args.total_episodes = int(args.num_train_epochs * len(train_dataset) * args.num_samples_per_prompt)
+        self.num_rollouts = max(1, math.ceil(args.total_episodes / global_batch))
+        if args.max_steps is None or args.max_steps <= 0:
+            args.max_steps = self.num_rollouts * args.steps_per_rollout
+        else:
+            self.num_rollouts = math.ceil(args.max_steps / args.steps_per_rollout)
+        self.micro_steps_per_rollout = args.steps_per_rollout * args.gradient_accumulation_steps
+        self.micro_steps_per_epoch = args.num_mini_batches * args.gradient_accumulation_steps
+        self.stop_token_ids = self._stop_token_ids(args, tok, model)
+
+        self._buffer: dict | None = None
+        self._step: int | None = None
+        self._metrics: dict[str, list[float]] = defaultdict(list)
+        self._rollout_metrics: dict[str, float] = {}
+        self.sample_generations: list[dict] = []
+        super().__init__(model=wrapper, args=args, data_collator=identity, train_dataset=train_dataset,
+                         eval_dataset=eval_dataset, processing_class=tok, callbacks=callbacks, optimizers=optimizers)
+        dev = self.accelerator.device
+        if self.ref_model is not None:
+            self.ref_model.to(dev) if not getattr(self.ref_model, "is_loaded_in_4bit", False) else None
+        for s in self.reward_sources:
+            if hasattr(s, "model") and not getattr(s.model, "is_loaded_in_4bit", False):
+                s.model.to(dev)
+
+    # ------------------------------------------------------------------ set-up helpers
+    @staticmethod
+    def _validate_sizes(args: PPOConfig, dataset, world: int) -> None:
+        prompts = args.local_batch_size * world // args.num_samples_per_prompt
+        if hasattr(dataset, "__len__") and len(dataset) < prompts:
+            raise ValueError(
+                f"train_dataset has {len(dataset)} rows but one rollout needs {prompts} prompts "
+                f"(per_device_train_batch_size × gradient_accumulation_steps × num_mini_batches × processes / "
+                f"num_samples_per_prompt)."
+            )
+
+    @staticmethod
+    def _stop_token_ids(args, tok, model) -> list[int]:
+        if args.stop_token == "eos":
+            return [tok.eos_token_id]
+        if args.stop_token_id is not None:
+            return [args.stop_token_id]
+        eos = getattr(model.generation_config, "eos_token_id", None) if hasattr(model, "generation_config") else None
+        eos = eos if eos is not None else tok.eos_token_id
+        return list(eos) if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else [])
+
+    def _init_plugins(self, args: PPOConfig, plugins: list, ptx_dataset) -> None:
+        given = {}
+        self.hooks = []
+        for p in plugins:
+            kind = getattr(p, "kind", None)
+            if kind == "hook" or (kind is None and any(hasattr(p, h) for h in HOOK_NAMES)):
+                self.hooks.append(p)
+            elif kind:
+                if kind in given:
+                    raise ValueError(f"Two {kind} plugins given: {given[kind]!r} and {p!r}.")
+                given[kind] = p
+            else:
+                raise TypeError(f"Plugin {p!r} has no `kind`; subclass icegrt_trl.ppo.plugins.PPOPlugin or PPOHook.")
+        self.reward_scaler = resolve_plugin("reward_scaling", given.get("reward_scaling", args.reward_scaling),
+                                            scale=args.reward_scale, clip=args.reward_clip)
+        self.kl_ctl = resolve_plugin("kl_controller", given.get("kl_controller", args.kl_controller),
+                                     init_kl_coef=args.kl_coef, target=args.kl_target, horizon=args.kl_horizon)
+        self.adv_norm = resolve_plugin("advantage_normalization",
+                                       given.get("advantage_normalization", args.advantage_normalization))
+        self.value_warmup = resolve_plugin("value_warmup", given.get("value_warmup", "steps"),
+                                           steps=args.value_warmup_steps)
+        self.ptx = None
+        if args.ptx_coef > 0 or "ptx" in given:
+            if ptx_dataset is None:
+                raise ValueError("ptx_coef > 0 needs a `ptx_dataset`.")
+            self.ptx = resolve_plugin("ptx", given.get("ptx", "nll"), coef=args.ptx_coef, seed=args.seed,
+                                      batch_size=args.ptx_batch_size or args.per_device_train_batch_size)
+        core.kl_estimate(torch.zeros(1), torch.zeros(1), args.kl_estimator)  # validates the name early
+
+    @property
+    def plugins(self) -> dict[str, Any]:
+        out = {"reward_scaling": self.reward_scaler, "kl_controller": self.kl_ctl,
+               "advantage_normalization": self.adv_norm, "value_warmup": self.value_warmup}
+        if self.ptx is not None:
+            out["ptx"] = self.ptx
+        for i, h in enumerate(self.hooks):
+            out[f"hook_{i}"] = h
+        return out
+
+    def _all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        return self.accelerator.reduce(t, reduction="sum") if self.accelerator.num_processes > 1 else t
+
+    # ------------------------------------------------------------------ data loading (one rollout per block)
+    def _set_signature_columns_if_needed(self):
+        if self._signature_columns is None:
+            self._signature_columns = list(self.train_dataset.column_names)
+
+    def _remove_unused_columns(self, dataset, description=None):
+        return dataset
+
+    @property
+    def _prompts_per_rollout(self) -> int:
+        return self.args.local_batch_size // self.args.num_samples_per_prompt
+
+    def get_train_dataloader(self):
+        return self._get_dataloader(dataset=self.train_dataset, description="Training",
+                                    batch_size=self._prompts_per_rollout, sampler_fn=self._get_train_sampler,
+                                    is_training=True)
+
+    def _get_train_sampler(self, dataset=None):
+        # Each block of prompts is repeated once per micro-step of the rollout built from it, so Trainer's step
+        # counting, skipping on resume and epochs all work unchanged (as in TRL's RLOO/GRPO).
+        return RepeatSampler(dataset if dataset is not None else self.train_dataset, mini_repeat_count=1,
+                             batch_size=self._prompts_per_rollout * self.accelerator.num_processes,
+                             repeat_count=self.micro_steps_per_rollout, shuffle=True, seed=self.args.seed)
+
+    # ------------------------------------------------------------------ rollout
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self._step is None:  # fresh start or resume: position inside the current rollout
+            self._step = self.state.global_step * self.args.gradient_accumulation_steps
+        out = super().training_step(model, inputs, num_items_in_batch)
+        self._step += 1
+        if self._step % self.args.gradient_accumulation_steps == 0:
+            self.value_warmup.step()
+        if self._step % self.micro_steps_per_epoch == 0 and self._buffer is not None:
+            self._buffer = run_hooks(self.hooks, "on_ppo_epoch_end", self._buffer, self)
+        return out
+
+    def _prepare_inputs(self, generation_batch):
+        if not self.model.training:
+            return generation_batch
+        k = self._step % self.micro_steps_per_rollout
+        if k == 0 or self._buffer is None:
+            if k != 0:
+                warnings.warn("Resumed in the middle of a rollout without its saved buffer; generating a new one.")
+            self._buffer = self._rollout(generation_batch)
+        epoch, j = divmod(k, self.micro_steps_per_epoch)
+        b = self.args.per_device_train_batch_size
+        idx = self._buffer["perms"][epoch][j * b:(j + 1) * b]
+        mb = {key: self._buffer[key][idx] for key in _TENSOR_KEYS}
+        mb["context_length"] = self._buffer["context_length"]
+        return mb
+
+    def _unwrapped(self) -> PolicyAndValue:
+        return self.accelerator.unwrap_model(self.model)
+
+    def _ref_scope(self):
+        return adapter_scope(self._unwrapped().policy, self.args.ref_adapter_name)
+
+    @torch.no_grad()
+    def _generate(self, wrapper: PolicyAndValue, queries: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
+        args, tok = self.args, self.processing_class
+        gen = GenerationConfig(
+            max_new_tokens=args.response_length, do_sample=True, temperature=args.temperature, top_p=args.top_p,
+            top_k=args.top_k, pad_token_id=tok.pad_token_id, eos_token_id=self.stop_token_ids or None,
+            use_cache=True, bos_token_id=tok.bos_token_id,
+        )
+        out = []
+        bs = args.local_rollout_forward_batch_size
+        with wrapper.policy_scope():
+            for i in range(0, queries.shape[0], bs):
+                seq = wrapper.policy.generate(input_ids=queries[i:i + bs], attention_mask=query_mask[i:i + bs],
+                                              generation_config=gen)
+                resp = seq[:, queries.shape[1]:]
+                pad = args.response_length - resp.shape[1]
+                out.append(nn.functional.pad(resp, (0, pad), value=tok.pad_token_id) if pad > 0 else resp)
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def _forward_logprobs_values(self, wrapper, qr, mask, context_length, responses):
+        """Old log-probs, reference log-probs, values and token entropies of a rollout, in chunks."""
+        args = self.args
+        lps, refs, vals, ents = [], [], [], []
+        bs = args.local_rollout_forward_batch_size
+        for i in range(0, qr.shape[0], bs):
+            ids, m = qr[i:i + bs], mask[i:i + bs]
+            pos = position_ids_from(m)
+            logits, values = wrapper(ids, m, pos)
+            logits = logits[:, context_length - 1:-1] / (args.temperature + 1e-7)
+            lps.append(selective_log_softmax(logits, responses[i:i + bs]))
+            ents.append(entropy_from_logits(logits))
+            vals.append(values[:, context_length - 1:-1].float())
+            if self.ref_model is not None:
+                ref_logits = self.ref_model(input_ids=ids, attention_mask=m, position_ids=pos, use_cache=False).logits
+            else:
+                with self._ref_scope():
+                    ref_logits = wrapper.policy(input_ids=ids, attention_mask=m, position_ids=pos,
+                                                use_cache=False).logits
+            ref_logits = ref_logits[:, context_length - 1:-1] / (args.temperature + 1e-7)
+            refs.append(selective_log_softmax(ref_logits, responses[i:i + bs]))
+        return torch.cat(lps).float(), torch.cat(refs).float(), torch.cat(vals), torch.cat(ents).float()
+
+    def _score(self, batch: dict) -> torch.Tensor:
+        total = torch.zeros(len(batch["prompts"]), device=batch["scores_device"])
+        for w, source in zip(self.reward_weights, self.reward_sources):
+            s = source(batch)
+            self._rollout_metrics[f"rewards/{source.name}/mean"] = self._mean_all(s)
+            total = total + w * s
+        return total
+
+    def _mean_all(self, t: torch.Tensor) -> float:
+        s = self._all_reduce_sum(torch.stack([t.detach().double().sum(), torch.tensor(
+            float(t.numel()), dtype=torch.float64, device=t.device)]))
+        return (s[0] / s[1].clamp(min=1)).item()
+
+    @torch.no_grad()
+    def _rollout(self, rows: list[dict]) -> dict:
+        args, tok, device = self.args, self.processing_class, self.accelerator.device
+        wrapper = self._unwrapped()
+        was_training = wrapper.training
+        wrapper.eval()
+        k = args.num_samples_per_prompt
+        rows = [r for r in rows for _ in range(k)]
+        width = max(len(r["input_ids"]) for r in rows)
+        queries = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
+        qmask = torch.zeros_like(queries)
+        for i, r in enumerate(rows):  # left padding
+            queries[i, width - len(r["input_ids"]):] = torch.tensor(r["input_ids"])
+            qmask[i, width - len(r["input_ids"]):] = 1
+        queries, qmask = queries.to(device), qmask.to(device)
+        responses = self._generate(wrapper, queries, qmask)
+        responses, rmask, ended = core.truncate_at_stop(responses, self.stop_token_ids, tok.pad_token_id)
+        qr = torch.cat([queries, responses], 1)
+        qr_mask = torch.cat([qmask, rmask], 1)
+        logprobs, ref_logprobs, values, entropies = self._forward_logprobs_values(wrapper, qr, qr_mask, width,
+                                                                                  responses)
+        maskf = rmask.float()
+        logprobs, ref_logprobs, values = logprobs * maskf, ref_logprobs * maskf, values * maskf
+        texts = tok.batch_decode(torch.where(rmask.bool(), responses, tok.pad_token_id), skip_special_tokens=True)
+        texts = [" " + t if t and not t.startswith(" ") else t for t in texts]
+        prompts = [r["prompt"] for r in rows]
+        conv = is_conversational_prompt(prompts[0])
+        extra_cols = [c for c in rows[0] if c not in ("prompt", "input_ids")]
+        batch = {
+            "prompts": prompts, "prompt_texts": [p if isinstance(p, str) else tok.decode(r["input_ids"])
+                                                 for p, r in zip(prompts, rows)],
+            "completions_text": texts,
+            "completions": [[{"role": "assistant", "content": t.strip()}] for t in texts] if conv else texts,
+            "completion_ids": [resp[: int(n)].tolist() for resp, n in zip(responses, rmask.sum(1))],
+            "columns": {c: [r[c] for r in rows] for c in extra_cols}, "trainer_state": self.state,
+            "scores_device": device, "ended": ended, "context_length": width,
+            "query_responses": qr, "query_response_mask": qr_mask, "responses": responses, "response_mask": rmask,
+            "logprobs": logprobs, "ref_logprobs": ref_logprobs, "values": values,
+        }
+        batch = run_hooks(self.hooks, "on_rollout", batch, self)
+        scores = self._score(batch)
+        if args.missing_eos_penalty is not None:
+            scores = torch.where(batch["ended"], scores, scores - args.missing_eos_penalty)
+        batch["scores"] = scores
+        batch = run_hooks(self.hooks, "on_scores", batch, self)
+        scores = batch["scores"]
+        rmask, maskf = batch["response_mask"], batch["response_mask"].float()
+        batch["scaled_scores"] = self.reward_scaler(scores, self._all_reduce_sum)
+        kl = core.kl_estimate(batch["logprobs"], batch["ref_logprobs"], args.kl_estimator) * maskf
+        beta = self.kl_ctl.value
+        in_reward = args.kl_penalty == "reward"
+        rewards, non_score = core.token_level_rewards(batch["scaled_scores"], kl, maskf, beta if in_reward else 0.0)
+        non_score = -beta * kl
+        batch.update(rewards=rewards, kl=kl, non_score_rewards=non_score, kl_coef=beta)
+        batch = run_hooks(self.hooks, "on_rewards", batch, self)
+        rewards = batch["rewards"]
+        if args.whiten_rewards:
+            rewards = core.masked_whiten(rewards, maskf, shift_mean=False, all_reduce_sum=self._all_reduce_sum)
+        adv, returns = core.compute_gae(rewards, batch["values"], maskf, args.gamma, args.lam)
+        adv = self.adv_norm(adv, maskf, group_size=k, all_reduce_sum=self._all_reduce_sum)
+        batch.update(advantages=adv, returns=returns)
+        batch = run_hooks(self.hooks, "on_advantages", batch, self)
+
+        # KL control on the all-process mean sequence KL, n = global batch size
+        seq_kl = self._mean_all(batch["kl"].sum(1))
+        self.kl_ctl.update(seq_kl, len(rows) * self.accelerator.num_processes)
+        batch["kl_coef"] = self.kl_ctl.value
+        batch = run_hooks(self.hooks, "on_kl_update", batch, self)
+
+        n_rows = batch["responses"].shape[0]
+        batch["perms"] = [torch.randperm(n_rows, device=device) for _ in range(args.num_ppo_epochs)]
+        eos = tok.eos_token_id
+        m = self._rollout_metrics
+        m["objective/kl"] = seq_kl
+        m["objective/entropy"] = self._mean_all((-batch["logprobs"] * maskf).sum(1))
+        m["objective/token_entropy"] = self._mean_all(core.masked_mean(entropies, maskf, dim=1))
+        m["objective/non_score_reward"] = self._mean_all(batch["non_score_rewards"].sum(1))
+        m["objective/scores"] = self._mean_all(scores)
+        m["objective/scaled_scores"] = self._mean_all(batch["scaled_scores"])
+        m["objective/rlhf_reward"] = m["objective/scores"] + m["objective/non_score_reward"]
+        m["objective/response_length"] = self._mean_all(maskf.sum(1))
+        m["val/num_eos_tokens"] = self._all_reduce_sum((batch["responses"] == eos).sum().double()).item()
+        m["val/mean_value"] = self._mean_all(core.masked_mean(batch["values"], maskf, dim=1))
+        self._rollouts_done = getattr(self, "_rollouts_done", 0) + 1
+        m["episode"] = (self.state.global_step // self.args.steps_per_rollout + 1) * self.args.local_batch_size * \
+            self.accelerator.num_processes
+        self._maybe_sample_generations()
+        wrapper.train(was_training)
+        keep = {key: batch[key] for key in _TENSOR_KEYS}
+        keep.update(perms=batch["perms"], context_length=batch["context_length"])
+        self._last_rollout = batch  # for inspection by hooks/tests; not checkpointed
+        return keep
+
+    # ------------------------------------------------------------------ losses
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        args = self.args
+        c = inputs["context_length"]
+        mask = inputs["response_mask"].float()
+        warm = self.value_warmup.active
+        logits, values = model(inputs["query_responses"], inputs["query_response_mask"], policy=not warm)
+        vpred = values[:, c - 1:-1].float()
+        vf_loss, vstats = core.value_loss(vpred, inputs["values"], inputs["returns"], mask, args.cliprange_value)
+        loss = args.vf_coef * vf_loss
+        self._metrics["loss/value_avg"].append(vf_loss.item())
+        self._metrics["val/clipfrac_avg"].append(vstats["clipfrac"].item())
+        if not warm:
+            logits = logits[:, c - 1:-1].float() / (args.temperature + 1e-7)
+            new_logprobs = selective_log_softmax(logits, inputs["responses"])
+            pg_loss, pstats = core.policy_loss(new_logprobs, inputs["logprobs"], inputs["advantages"], mask,
+                                               args.cliprange)
+            loss = loss + pg_loss
+            if args.kl_penalty == "loss":
+                kl = core.kl_estimate(new_logprobs, inputs["ref_logprobs"], args.kl_estimator)
+                kl_loss = core.masked_mean(kl, mask)
+                loss = loss + self.kl_ctl.value * kl_loss
+                self._metrics["loss/kl_avg"].append(kl_loss.item())
+            if self.ptx is not None:
+                loss = loss + self.ptx.coef * self._ptx_loss(model)
+            with torch.no_grad():
+                ent = core.masked_mean(entropy_from_logits(logits.detach()), mask)
+            self._metrics["loss/policy_avg"].append(pg_loss.item())
+            self._metrics["policy/clipfrac_avg"].append(pstats["clipfrac"].item())
+            self._metrics["policy/approxkl_avg"].append(pstats["approxkl"].item())
+            self._metrics["val/ratio"].append(pstats["ratio"].item())
+            self._metrics["policy/entropy_avg"].append(ent.item())
+        return loss
+
+    def _ptx_loss(self, model) -> torch.Tensor:
+        b = self.ptx.next_batch(self.processing_class.pad_token_id, self.accelerator.device)
+        wrapper = self._unwrapped()
+        with wrapper.policy_scope():
+            logits = wrapper.policy(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                                    use_cache=False).logits[:, :-1].float()
+        labels = b["input_ids"][:, 1:].masked_fill(b["attention_mask"][:, 1:] == 0, -100)
+        nll = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+        self._metrics["loss/ptx_avg"].append(nll.item())
+        return nll
+
+    # ------------------------------------------------------------------ logging
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self.model.training or not any(k.startswith("eval_") for k in logs):
+            keys = sorted(self._metrics)
+            if keys:
+                vals = torch.tensor([sum(self._metrics[k]) / len(self._metrics[k]) for k in keys],
+                                    dtype=torch.float64, device=self.accelerator.device)
+                if self.accelerator.num_processes > 1:
+                    vals = self.accelerator.reduce(vals, reduction="mean")
+                logs.update({k: v.item() for k, v in zip(keys, vals)})
+            logs.update(self._rollout_metrics)
+            for p in (self.reward_scaler, self.kl_ctl, self.adv_norm, self.value_warmup):
+                logs.update(p.metrics())
+            self._metrics.clear()
+        super().log(logs, start_time)
+
+    def _maybe_sample_generations(self) -> None:
+        n = self.args.num_sample_generations
+        if n <= 0 or self.eval_dataset is None:
+            return
+        freq = max(1, self.num_rollouts // n)
+        if (self._rollouts_done - 1) % freq:
+            return
+        rows = [self.eval_dataset[i] for i in range(min(4, len(self.eval_dataset)))]
+        comps = self._greedy_completions(rows)
+        self.sample_generations.append({"step": self.state.global_step, "prompts": [r["prompt"] for r in rows],
+                                        "completions": comps})
+
+    @torch.no_grad()
+    def _greedy_completions(self, rows: list[dict]) -> list[str]:
+        tok, wrapper, device = self.processing_class, self._unwrapped(), self.accelerator.device
+        out = []
+        bs = self.args.local_rollout_forward_batch_size
+        for i in range(0, len(rows), bs):
+            chunk = rows[i:i + bs]
+            width = max(len(r["input_ids"]) for r in chunk)
+            q = torch.full((len(chunk), width), tok.pad_token_id, dtype=torch.long)
+            m = torch.zeros_like(q)
+            for j, r in enumerate(chunk):
+                q[j, width - len(r["input_ids"]):] = torch.tensor(r["input_ids"])
+                m[j, width - len(r["input_ids"]):] = 1
+            gen = GenerationConfig(max_new_tokens=self.args.response_length, do_sample=False,
+                                   pad_token_id=tok.pad_token_id, eos_token_id=self.stop_token_ids or None)
+            with wrapper.policy_scope():
+                seq = wrapper.policy.generate(input_ids=q.to(device), attention_mask=m.to(device),
+                                              generation_config=gen)
+            resp, _, _ = core.truncate_at_stop(seq[:, width:], self.stop_token_ids, tok.pad_token_id)
+            out.extend(tok.batch_decode(resp, skip_special_tokens=True))
+        return out
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Mean (weighted) reward of greedy completions on the eval prompts."""
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if dataset is None:
+            raise ValueError("evaluate() needs an eval_dataset.")
+        if "input_ids" not in dataset.column_names:
+            dataset = prepare_prompt_dataset(dataset, self.processing_class, None, name="eval_dataset")
+        rows = [dataset[i] for i in range(len(dataset))]
+        was = self.model.training
+        self._unwrapped().eval()
+        try:
+            texts = [" " + t if t and not t.startswith(" ") else t for t in self._greedy_completions(rows)]
+            prompts = [r["prompt"] for r in rows]
+            conv = is_conversational_prompt(prompts[0])
+            batch = {"prompts": prompts, "completions_text": texts,
+                     "prompt_texts": [p if isinstance(p, str) else self.processing_class.decode(r["input_ids"])
+                                      for p, r in zip(prompts, rows)],
+                     "completions": [[{"role": "assistant", "content": t.strip()}] for t in texts] if conv else texts,
+                     "completion_ids": [self.processing_class(t, add_special_tokens=False)["input_ids"] for t in texts],
+                     "columns": {}, "trainer_state": self.state, "scores_device": self.accelerator.device,
+                     "ended": torch.ones(len(rows), dtype=torch.bool)}
+            if any(hasattr(s, "model") and s.same_tokenizer for s in self.reward_sources):
+                raise NotImplementedError("evaluate() re-tokenizes text; use reward callables or a reward model "
+                                          "with its own `reward_processing_classes`.")
+            total = torch.zeros(len(rows), device=self.accelerator.device)
+            for w, s in zip(self.reward_weights, self.reward_sources):
+                total = total + w * s(batch)
+            metrics = {f"{metric_key_prefix}_objective/scores": self._mean_all(total)}
+        finally:
+            self._unwrapped().train(was)
+        self.log(metrics)
+        return metrics
+
+    # ------------------------------------------------------------------ saving and resuming
+    def plugin_state(self) -> dict:
+        return {name: p.state_dict() for name, p in self.plugins.items() if hasattr(p, "state_dict")}
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        from safetensors.torch import save_file
+
+        w = self._unwrapped()
+        w.policy.save_pretrained(output_dir, safe_serialization=True)  # PEFT: every adapter; `value/` holds ours
+        head = {k: v.detach().contiguous().cpu() for k, v in w.value_model.head.state_dict().items()}
+        save_file(head, os.path.join(output_dir, VALUE_HEAD_FILE))
+        if w.value_model.adapter is None:
+            w.value_model.backbone.save_pretrained(os.path.join(output_dir, VALUE_MODEL_DIR), safe_serialization=True)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+        with open(os.path.join(output_dir, STATE_FILE), "w") as f:
+            json.dump({"plugins": self.plugin_state(), "global_step": self.state.global_step}, f, indent=1)
+        self._write_model_card(output_dir)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        super().save_model(output_dir, _internal_call)
+        if self.args.save_merged_model and self.is_peft and self.args.should_save and not _internal_call:
+            policy = self._unwrapped().policy
+            if getattr(policy, "is_loaded_in_4bit", False) or getattr(policy.get_base_model(), "is_loaded_in_4bit",
+                                                                      False):
+                warnings.warn("save_merged_model is not supported on a quantized base; saved the adapters only.")
+                return
+            merged = copy.deepcopy(policy)
+            for name in list(merged.peft_config):
+                if name != self.policy_adapter:
+                    merged.delete_adapter(name)
+            merged.merge_and_unload().save_pretrained(os.path.join(output_dir or self.args.output_dir, "merged"))
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        folder = os.path.join(self._get_output_dir(trial), f"checkpoint-{self.state.global_step}")
+        if self.args.should_save and os.path.isdir(folder) and self._buffer is not None and \
+                self._step % self.micro_steps_per_rollout != 0:
+            torch.save({k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in self._buffer.items()
+                        if k != "perms"} | {"perms": [p.cpu() for p in self._buffer["perms"]]},
+                       os.path.join(folder, BUFFER_FILE))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        from safetensors.torch import load_file
+
+        w = self._unwrapped()
+        ckpt = resume_from_checkpoint
+        if self.is_peft:
+            from peft import set_peft_model_state_dict
+
+            for name in w.policy.peft_config:
+                sub = ckpt if name == "default" else os.path.join(ckpt, name)
+                path = os.path.join(sub, "adapter_model.safetensors")
+                if os.path.exists(path):
+                    set_peft_model_state_dict(w.policy, load_file(path), adapter_name=name)
+        else:
+            load_sharded_checkpoint(w.policy, ckpt, strict=False)
+        w.value_model.head.load_state_dict(load_file(os.path.join(ckpt, VALUE_HEAD_FILE)))
+        if w.value_model.adapter is None:
+            load_sharded_checkpoint(w.value_model.backbone, os.path.join(ckpt, VALUE_MODEL_DIR), strict=False)
+        state_path = os.path.join(ckpt, STATE_FILE)
+        if os.path.exists(state_path):
+            with open(state_path) as f:
+                saved = json.load(f)["plugins"]
+            for name, p in self.plugins.items():
+                if name in saved:
+                    p.load_state_dict(saved[name])
+        buf = os.path.join(ckpt, BUFFER_FILE)
+        self._step = None
+        if os.path.exists(buf):
+            data = torch.load(buf, weights_only=False)
+            dev = self.accelerator.device
+            self._buffer = {k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in data.items()}
+            self._buffer["perms"] = [p.to(dev) for p in data["perms"]]
+        else:
+            self._buffer = None
+
+    def _write_model_card(self, output_dir: str) -> None:
+        if not self.is_world_process_zero():
+            return
+        last = {}
+        for entry in self.state.log_history:
+            last.update({k: v for k, v in entry.items() if isinstance(v, (int, float))})
+        base = getattr(self._unwrapped().config, "_name_or_path", "") or "a local model"
+        lines = [
+            "---", "library_name: transformers", "tags: [trl, ppo, icegrt-trl, generated_from_trainer]", "---", "",
+            f"# PPO policy trained with icegrt-trl", "",
+            f"- Base model: `{base}`", f"- Recipe: `{self.args.recipe or 'none (Python API)'}`",
+            f"- PEFT: `{self.is_peft}` (policy adapter `{self.policy_adapter}`, value adapter "
+            f"`{self._unwrapped().value_model.adapter}`)",
+            "- Value head: `value_head.safetensors`" + (f", value backbone: `{VALUE_MODEL_DIR}/`"
+                                                         if self._unwrapped().value_model.adapter is None else ""),
+            "", "## Plugins", "",
+        ]
+        lines += [f"- {name}: `{type(p).__name__}` {json.dumps(p.state_dict()) if hasattr(p, 'state_dict') else ''}"
+                  for name, p in self.plugins.items()]
+        knobs = ("learning_rate", "num_ppo_epochs", "num_mini_batches", "num_samples_per_prompt", "kl_coef",
+                 "kl_estimator", "kl_penalty", "cliprange", "cliprange_value", "vf_coef", "gamma", "lam",
+                 "temperature", "top_p", "response_length", "value_warmup_steps", "ptx_coef")
+        lines += ["", "## Settings", ""] + [f"- {k}: `{getattr(self.args, k)}`" for k in knobs]
+        lines += ["", f"## Final metrics (step {self.state.global_step})", ""]
+        lines += [f"- {k}: {v:.4g}" if isinstance(v, float) else f"- {k}: {v}" for k, v in sorted(last.items())]
+        with open(os.path.join(output_dir, "README.md"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+    def create_model_card(self, *args, **kwargs):  # ours is written by `_save`
+        return None

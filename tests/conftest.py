@@ -1,0 +1,66 @@
+"""Shared fixtures. Append yours; keep them session-scoped when they train something."""
+
+import copy
+
+import pytest
+import torch
+
+
+# ---------------------------------------------------------------- PPO (tests/test_ppo_*.py)
+@pytest.fixture(scope="session")
+def sft_policy_dir(tmp_path_factory):
+    """A tiny Llama SFT-trained on the testbed (~10 s, once per session), saved with its tokenizer."""
+    from trl import SFTConfig, SFTTrainer
+
+    from icegrt_trl.testbed import build_tokenizer, make_datasets, tiny_causal_lm
+
+    torch.set_num_threads(2)
+    out = tmp_path_factory.mktemp("sft_policy")
+    tok = build_tokenizer()
+    model = tiny_causal_lm("llama", tok, seed=0)
+    args = SFTConfig(output_dir=str(out / "run"), per_device_train_batch_size=32, num_train_epochs=4,
+                     learning_rate=3e-3, lr_scheduler_type="cosine", warmup_steps=10, max_length=64, use_cpu=True,
+                     report_to=[], save_strategy="no", logging_strategy="no", bf16=False, seed=0)
+    SFTTrainer(model=model, args=args, train_dataset=make_datasets()["sft"], processing_class=tok).train()
+    model.save_pretrained(out / "model")
+    tok.save_pretrained(out / "model")
+    return out / "model"
+
+
+@pytest.fixture
+def sft_policy(sft_policy_dir):
+    """A fresh copy of the SFT policy and its tokenizer for each test."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(sft_policy_dir), AutoTokenizer.from_pretrained(sft_policy_dir)
+
+
+# ---------------------------------------------------------------- reward (tests/test_reward_*.py)
+@pytest.fixture(scope="session")
+def reward_tok():
+    from icegrt_trl.testbed import build_tokenizer
+
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def reward_data():
+    """Small testbed splits for reward-trainer tests (64 training pairs, 32 per eval split)."""
+    from icegrt_trl.testbed import make_datasets
+
+    return make_datasets(num_preferences=64, num_sft=8, num_pmp=64, num_pref_eval=32, num_unlabeled=16, num_eval=4)
+
+
+@pytest.fixture
+def reward_args(tmp_path):
+    """Factory of fast CPU RewardConfigs (2–4 steps, no checkpoints, no progress bars)."""
+    from icegrt_trl import RewardConfig
+
+    def make(**overrides):
+        base = dict(output_dir=str(tmp_path / "rm"), per_device_train_batch_size=8, max_steps=3, learning_rate=1e-3,
+                    logging_steps=1, report_to=[], save_strategy="no", use_cpu=True, bf16=False, seed=3,
+                    max_length=32, gradient_checkpointing=False, disable_tqdm=True)
+        base.update(overrides)
+        return RewardConfig(**base)
+
+    return make
