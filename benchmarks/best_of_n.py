@@ -54,7 +54,7 @@ def main():
     p.add_argument("--out", default="benchmarks/results/best_of_n.json")
     p.add_argument("--plot", default="docs/reward_best_of_n.png")
     a = p.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     work, tok = Path(a.work), build_tokenizer()
     data = make_datasets(num_preferences=a.num_preferences)
     policy = sft_policy(work, tok)

@@ -1,7 +1,7 @@
 """icegrt-trl's PPOTrainer against trl 1.12.0's `trl.experimental.ppo.PPOTrainer`, side by side.
 
     python benchmarks/ppo_vs_trl112.py                       # speed (tiny, 4 full models) + memory (113M, LoRA)
-    python benchmarks/ppo_vs_trl112.py --alternations 3 --speed-sizes tiny 100m --phases --json out.json
+    python benchmarks/ppo_vs_trl112.py --speed-sizes tiny 100m --json out.json   # + speed at 113M
 
 Every measurement is one fresh subprocess (`benchmarks/_ppo_bench_worker.py`), and the two implementations
 alternate (ours, trl 1.12, ours, trl 1.12, ...) so that load from other processes on a shared machine hits both
@@ -45,7 +45,7 @@ def run_worker(impl: str, mode: str, size: str, updates: int, threads: int, trl1
         env["PYTHONPATH"] = os.pathsep.join([trl112, str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH")
                                                                    else []))
     cmd = [sys.executable, str(WORKER), "--impl", impl, "--mode", mode, "--size", size, "--updates", str(updates),
-           "--threads", str(threads), *extra]
+           "--threads", str(threads), "--phases", *extra]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -137,22 +137,30 @@ def memory_table(size: str, runs: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def median_phases(rs: list[dict]) -> dict:
+    names = {k for r in rs for k in r.get("phases", {})}
+    return {k: {"s": statistics.median(r["phases"].get(k, {"s": 0.0})["s"] for r in rs),
+                "calls": statistics.median(r["phases"].get(k, {"calls": 0})["calls"] for r in rs)} for k in names}
+
+
 def phase_table(size: str, runs: dict[str, dict]) -> str:
-    names = sorted({k for r in runs.values() for k in r["phases"]},
-                   key=lambda k: -max(r["phases"].get(k, {"s": 0})["s"] for r in runs.values()))
+    """runs: column name -> {phase: {"s", "calls"}} (see `median_phases`)."""
+    names = sorted({k for r in runs.values() for k in r},
+                   key=lambda k: -max(r.get(k, {"s": 0})["s"] for r in runs.values()))
     cols = list(runs)
     head = "| phase (s per update, calls per update) | " + " | ".join(cols) + " |"
-    lines = [f"**Where the time goes, size `{size}`** (one run each with phase timers, timed updates only)", "",
+    lines = [f"**Where the time goes, {size}** (seconds per timed update, median over the runs above; share of "
+             f"the sum; calls per update)", "",
              head, "|" + " --- |" * (len(cols) + 1)]
     for n in names:
         cells = []
         for c in cols:
-            p = runs[c]["phases"].get(n)
-            tot = sum(v["s"] for v in runs[c]["phases"].values())
+            p = runs[c].get(n)
+            tot = sum(v["s"] for v in runs[c].values())
             cells.append("—" if not p else f"{p['s']:.3f} ({p['s'] / tot:.0%}; {p['calls']:g}×)")
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     lines.append("| **total** | " + " | ".join(
-        f"{sum(v['s'] for v in runs[c]['phases'].values()):.3f}" for c in cols) + " |")
+        f"{sum(v['s'] for v in runs[c].values()):.3f}" for c in cols) + " |")
     return "\n".join(lines)
 
 
@@ -160,12 +168,12 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--alternations", type=int, default=3)
     p.add_argument("--speed-sizes", nargs="*", default=["tiny"], help="sizes for the speed comparison")
-    p.add_argument("--speed-updates", type=int, default=5, help="updates per speed run (first = warm-up)")
+    p.add_argument("--speed-updates", type=int, default=5, help="updates per tiny/small run (first = warm-up)")
+    p.add_argument("--large-updates", type=int, default=3, help="updates per 100m run (first = warm-up)")
+    p.add_argument("--large-alternations", type=int, default=2, help="alternations of the 100m speed runs")
     p.add_argument("--memory-size", default="100m", help="size for the memory comparison ('' to skip)")
-    p.add_argument("--memory-updates", type=int, default=2, help="updates per memory run (first = warm-up)")
     p.add_argument("--memory-extra", action="store_true",
                    help="also measure trl 1.12 in LoRA mode and ours with four full models (one run each)")
-    p.add_argument("--phases", action="store_true", help="one extra phase-timed run per side and speed size")
     p.add_argument("--threads", type=int, default=1, help="torch threads in every worker (same on both sides)")
     p.add_argument("--trl112-path", default=trl112_default())
     p.add_argument("--json", help="write every raw result here")
@@ -174,30 +182,29 @@ def main(argv=None) -> None:
 
     raw, sections = {}, []
     for size in args.speed_sizes:
-        log(f"speed, {size}: {args.alternations} alternations of ours/trl112, {args.speed_updates} updates each")
-        runs = alternate([("ours", "full"), ("trl112", "full")], size, args.speed_updates, args.alternations,
-                         args.threads, args.trl112_path, log)
+        large = size == "100m"
+        n, ups = (args.large_alternations, args.large_updates) if large else (args.alternations, args.speed_updates)
+        log(f"speed, {size}: {n} alternations of ours/trl112, {ups} updates each")
+        runs = alternate([("ours", "full"), ("trl112", "full")], size, ups, n, args.threads, args.trl112_path, log)
         raw[f"speed/{size}"] = runs
+        if args.json:
+            Path(args.json).write_text(json.dumps(raw, indent=1))
         sections.append(speed_table(size, runs))
+        sections.append(phase_table(f"size `{size}`, four full models", {"icegrt-trl": median_phases(runs["ours/full"]),
+                                           "trl 1.12.0": median_phases(runs["trl112/full"])}))
     if args.memory_size:
         size = args.memory_size
-        log(f"memory, {size}: {args.alternations} alternations of ours-LoRA/trl112-full, {args.memory_updates} updates")
-        runs = alternate([("ours", "lora"), ("trl112", "full")], size, args.memory_updates, args.alternations,
+        log(f"memory, {size}: {args.alternations} alternations of ours-LoRA/trl112-full, {args.large_updates} updates")
+        runs = alternate([("ours", "lora"), ("trl112", "full")], size, args.large_updates, args.alternations,
                          args.threads, args.trl112_path, log)
         if args.memory_extra:
-            runs.update(alternate([("trl112", "lora"), ("ours", "full")], size, args.memory_updates, 1, args.threads,
+            runs.update(alternate([("trl112", "lora"), ("ours", "full")], size, args.large_updates, 1, args.threads,
                                   args.trl112_path, log))
         raw[f"memory/{size}"] = runs
         sections.append(memory_table(size, runs))
-    if args.phases:
-        for size in args.speed_sizes:
-            log(f"phases, {size}")
-            runs = {}
-            for impl in ("ours", "trl112"):
-                runs[f"{impl}/full"] = run_worker(impl, "full", size, args.speed_updates, args.threads,
-                                                  args.trl112_path, ["--phases"])
-            raw[f"phases/{size}"] = runs
-            sections.append(phase_table(size, {"icegrt-trl": runs["ours/full"], "trl 1.12.0": runs["trl112/full"]}))
+        sections.append(phase_table(f"size `{size}`, memory runs (ours LoRA, trl 1.12 four full models)",
+                                    {"icegrt-trl LoRA": median_phases(runs["ours/lora"]),
+                                     "trl 1.12.0 full": median_phases(runs["trl112/full"])}))
     any_run = next(r for v in raw.values() for rs in v.values() for r in (rs if isinstance(rs, list) else [rs]))
     sections.append(f"Versions: torch {any_run['torch']}, transformers {any_run['transformers']}, "
                     f"{args.threads} torch thread(s) per process; command: `python benchmarks/ppo_vs_trl112.py "

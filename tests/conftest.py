@@ -20,7 +20,8 @@ def sft_policy_dir(tmp_path_factory):
     model = tiny_causal_lm("llama", tok, seed=0)
     args = SFTConfig(output_dir=str(out / "run"), per_device_train_batch_size=32, num_train_epochs=4,
                      learning_rate=3e-3, lr_scheduler_type="cosine", warmup_steps=10, max_length=64, use_cpu=True,
-                     report_to=[], save_strategy="no", logging_strategy="no", bf16=False, seed=0)
+                     report_to=[], save_strategy="no", logging_strategy="no", bf16=False, seed=0,
+                     gradient_checkpointing=False, disable_tqdm=True)
     SFTTrainer(model=model, args=args, train_dataset=make_datasets()["sft"], processing_class=tok).train()
     model.save_pretrained(out / "model")
     tok.save_pretrained(out / "model")
@@ -30,9 +31,9 @@ def sft_policy_dir(tmp_path_factory):
 @pytest.fixture
 def sft_policy(sft_policy_dir):
     """A fresh copy of the SFT policy and its tokenizer for each test."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
-    return AutoModelForCausalLM.from_pretrained(sft_policy_dir), AutoTokenizer.from_pretrained(sft_policy_dir)
+    return AutoModelForCausalLM.from_pretrained(sft_policy_dir), PreTrainedTokenizerFast.from_pretrained(sft_policy_dir)
 
 
 # ---------------------------------------------------------------- reward (tests/test_reward_*.py)

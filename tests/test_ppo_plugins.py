@@ -84,7 +84,8 @@ def test_advantage_normalizers():
 def test_value_warmup_counts_and_restores():
     w = P.ValueWarmup(steps=2)
     assert w.active
-    w.step(); w.step()
+    w.step(); w.step(); w.step()
+    assert w.done == 2
     assert not w.active
     v = P.ValueWarmup(steps=2)
     v.load_state_dict({"steps": 2, "done": 1})

@@ -59,7 +59,14 @@ def test_clean_eval_splits(data):
 def test_demonstrations_are_imperfect(data):
     scores = gold_reward(data["sft"]["prompt"], data["sft"]["completion"])
     perfect = sum(s == 1.0 for s in scores) / len(scores)
-    assert 0.6 < perfect < 0.8  # demo_error_rate 0.3 leaves room for RL
+    # 30 % random mistakes everywhere, and 70 % of `reverse` demos (half the tasks) say "the answer is":
+    # 0.7 · (0.5 + 0.5 · 0.3) ≈ 0.455 are perfect.
+    assert 0.38 < perfect < 0.53
+    reverse = [c for p, c in zip(data["sft"]["prompt"], data["sft"]["completion"]) if p.startswith("reverse")]
+    verbose = sum(c.startswith(" the answer is") for c in reverse) / len(reverse)
+    assert abs(verbose - 0.7) < 0.08
+    assert not any(c.startswith(" the answer") for p, c in zip(data["sft"]["prompt"], data["sft"]["completion"])
+                   if p.startswith("sort"))
 
 
 def test_conversational_format():
@@ -73,6 +80,7 @@ def test_conversational_format():
     ({"label_noise": 0.7}, "label_noise"),
     ({"min_len": 5, "max_len": 3}, "min_len"),
     ({"tasks": ("sort", "juggle")}, "juggle"),
+    ({"demo_verbose_rate": 1.5}, "demo_verbose_rate"),
 ])
 def test_bad_config(kwargs, msg):
     with pytest.raises(ValueError, match=msg):

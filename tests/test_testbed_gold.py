@@ -18,6 +18,7 @@ def test_problem_parsing():
     ([1, 2], (1, 2, 3), 0.5 * (2 + 2) / 3),           # a digit missing
     ([1, 2, 3, 3], (1, 2, 3), 0.5 * (3 + 3) / 4),     # padding costs
     (["know", 2, 3], (1, 2, 3), 0.5 * (2 + 2) / 3),   # a word is wrong
+    (["the", "answer", "is", 1, 2, 3], (1, 2, 3), 0.5 * (0 + 3) / 6),  # the demonstrators' verbose habit
     ([7, 8, 9], (1, 2, 3), 0.0),
 ])
 def test_score_answer_by_hand(answer, target, expected):

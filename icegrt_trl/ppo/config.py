@@ -124,7 +124,6 @@ class PPOConfig(_BaseConfig):
     recipe: str | None = field(default=None, metadata={"help": "Recipe name for the model card."})
 
     def __post_init__(self):
-        super().__post_init__()
         errors = []
         if self.response_length < 1:
             errors.append(f"response_length must be >= 1, got {self.response_length}.")
@@ -158,6 +157,7 @@ class PPOConfig(_BaseConfig):
             )
         if errors:
             raise ValueError("Invalid PPOConfig: " + " ".join(errors))
+        super().__post_init__()
 
     # Sizes, as trl 1.12 named them (per process unless said otherwise).
     @property

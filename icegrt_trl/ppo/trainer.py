@@ -41,6 +41,20 @@ VALUE_HEAD_FILE = "value_head.safetensors"
 VALUE_MODEL_DIR = "value_model"
 VALUE_ADAPTER = "value"
 
+def _load_weights(model: nn.Module, folder: str) -> None:
+    """Load a ``save_pretrained`` folder (one file or sharded) into ``model`` in place."""
+    single = os.path.join(folder, "model.safetensors")
+    if os.path.exists(single):
+        from safetensors.torch import load_file
+
+        missing, unexpected = model.load_state_dict(load_file(single), strict=False)
+        tied = set(getattr(model, "_tied_weights_keys", None) or [])
+        if unexpected or [k for k in missing if k not in tied and "lm_head" not in k]:
+            raise ValueError(f"Checkpoint {folder} does not match the model: missing {missing}, unexpected {unexpected}.")
+    else:
+        load_sharded_checkpoint(model, folder, strict=False)
+
+
 _TENSOR_KEYS = ("query_responses", "query_response_mask", "responses", "response_mask", "logprobs",
                 "ref_logprobs", "values", "advantages", "returns")
 
@@ -287,6 +301,23 @@ class PPOTrainer(_BaseTrainer):
         return RepeatSampler(dataset if dataset is not None else self.train_dataset, mini_repeat_count=1,
                              batch_size=self._prompts_per_rollout * self.accelerator.num_processes,
                              repeat_count=self.micro_steps_per_rollout, shuffle=True, seed=self.args.seed)
+
+    def create_optimizer(self, model=None):
+        """Trainer's optimizer; with ``value_learning_rate`` the value parameters get their own group (Qwen)."""
+        if self.args.value_learning_rate is None or self.optimizer is not None:
+            return super().create_optimizer(model) if model is not None else super().create_optimizer()
+        w = self.model
+        value_ids = {id(p) for p in w.value_model.parameters()}
+        if w.value_model.adapter is not None:
+            tag = f".{w.value_model.adapter}."
+            value_ids |= {id(p) for n, p in w.policy.named_parameters() if tag in n}
+        params = [p for p in w.parameters() if p.requires_grad]
+        cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, w)
+        kwargs.pop("lr", None)
+        groups = [{"params": [p for p in params if id(p) not in value_ids], "lr": self.args.learning_rate},
+                  {"params": [p for p in params if id(p) in value_ids], "lr": self.args.value_learning_rate}]
+        self.optimizer = cls([g for g in groups if g["params"]], **kwargs)
+        return self.optimizer
 
     # ------------------------------------------------------------------ rollout
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -617,7 +648,8 @@ class PPOTrainer(_BaseTrainer):
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
         with open(os.path.join(output_dir, STATE_FILE), "w") as f:
-            json.dump({"plugins": self.plugin_state(), "global_step": self.state.global_step}, f, indent=1)
+            json.dump({"plugins": self.plugin_state(), "global_step": self.state.global_step,
+                       "rollout_metrics": self._rollout_metrics}, f, indent=1)
         self._write_model_card(output_dir)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
@@ -657,14 +689,16 @@ class PPOTrainer(_BaseTrainer):
                 if os.path.exists(path):
                     set_peft_model_state_dict(w.policy, load_file(path), adapter_name=name)
         else:
-            load_sharded_checkpoint(w.policy, ckpt, strict=False)
+            _load_weights(w.policy, ckpt)
         w.value_model.head.load_state_dict(load_file(os.path.join(ckpt, VALUE_HEAD_FILE)))
         if w.value_model.adapter is None:
-            load_sharded_checkpoint(w.value_model.backbone, os.path.join(ckpt, VALUE_MODEL_DIR), strict=False)
+            _load_weights(w.value_model.backbone, os.path.join(ckpt, VALUE_MODEL_DIR))
         state_path = os.path.join(ckpt, STATE_FILE)
         if os.path.exists(state_path):
             with open(state_path) as f:
-                saved = json.load(f)["plugins"]
+                state = json.load(f)
+            saved = state["plugins"]
+            self._rollout_metrics = dict(state.get("rollout_metrics", {}))  # metrics of the rollout in use
             for name, p in self.plugins.items():
                 if name in saved:
                     p.load_state_dict(saved[name])

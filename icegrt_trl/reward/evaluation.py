@@ -140,5 +140,34 @@ def load_reward_model(path, head_type: str | None = None, **kwargs):
     return model, AutoTokenizer.from_pretrained(path)
 
 
-__all__ = ["bootstrap_ci", "evaluate_reward_model", "load_reward_model", "pairwise_scores", "reward_eval_markdown",
+__all__ = ["bootstrap_ci", "evaluate_reward_model", "evaluate_reward_models", "flatten_results", "load_reward_model", "pairwise_scores", "reward_eval_markdown",
            "score_completions", "write_reward_eval"]
+
+
+def evaluate_reward_models(ctx, specs: list[str], splits: dict, bootstrap_samples: int = 1000, seed: int = 0,
+                           batch_size: int = 64) -> dict:
+    """Reward mode of the ``eval`` stage: each model spec (``stage:reward``, a folder) on each preference split.
+
+    Writes ``reward_eval.json``/``.md`` under ``<run>/eval/<spec>/`` and the table into each model's card; returns flat
+    figures for the run report: ``<spec>/<split>/accuracy``, ``…/ci_low``, ``…/ci_high``, ``…/n``.
+    """
+    figures: dict = {}
+    for spec in specs:
+        path = ctx.resolve_path(spec)
+        model, tokenizer = load_reward_model(path)
+        results = evaluate_reward_model(model, tokenizer, splits, batch_size=batch_size, n_resamples=bootstrap_samples,
+                                        seed=seed)
+        safe = spec.replace(":", "-").replace("/", "_")
+        write_reward_eval(results, ctx.stage_dir("eval") / safe, model_dir=path)
+        figures.update(flatten_results(results, prefix=f"{spec}/"))
+    return figures
+
+
+def flatten_results(results: dict[str, dict], prefix: str = "") -> dict:
+    """``{split: {accuracy, ci_low, ci_high, n}}`` → ``{prefix+split/accuracy: …}`` (rounded) for reports."""
+    out = {}
+    for split, r in results.items():
+        for key in ("accuracy", "ci_low", "ci_high"):
+            out[f"{prefix}{split}/{key}"] = round(r[key], 4)
+        out[f"{prefix}{split}/n"] = r["n"]
+    return out

@@ -34,7 +34,11 @@ class TestbedConfig:
         tasks: task families to draw problems from (``"sort"``, ``"reverse"``).
         min_len, max_len: input lengths (digits) of in-distribution problems.
         ood_min_len, ood_max_len: input lengths of the out-of-distribution preference split.
-        num_sft: demonstrations. demo_error_rate: share of demonstrations with one mistake, so RL has room.
+        num_sft: demonstrations. demo_error_rate: share of demonstrations with one random mistake.
+        demo_verbose_tasks, demo_verbose_rate: demonstrators of these tasks write "the answer is ..." at this
+            rate, a habit the gold judge penalizes. SFT imitates it (greedy decoding keeps it, since it is the
+            majority habit), so RL has a clear way to improve on SFT.
+        pref_verbose_rate: share of preference-pair candidates written with that habit, so reward models see it.
         num_preferences, label_noise: reward-model pairs and the share of them whose labels are flipped.
         num_pmp, pmp_label_noise: the larger, noisier comparison set for preference-model pretraining.
         num_pref_eval: pairs in each clean evaluation split (ID and OOD).
@@ -52,6 +56,9 @@ class TestbedConfig:
     ood_max_len: int = 9
     num_sft: int = 2000
     demo_error_rate: float = 0.3
+    demo_verbose_tasks: tuple[str, ...] = ("reverse",)
+    demo_verbose_rate: float = 0.7
+    pref_verbose_rate: float = 0.15
     num_preferences: int = 1000
     label_noise: float = 0.2
     num_pmp: int = 4000
@@ -65,9 +72,12 @@ class TestbedConfig:
         for name in ("demo_error_rate", "label_noise", "pmp_label_noise"):
             if not 0.0 <= getattr(self, name) <= 0.5:
                 raise ValueError(f"TestbedConfig.{name}={getattr(self, name)} must lie in [0, 0.5].")
+        for name in ("demo_verbose_rate", "pref_verbose_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"TestbedConfig.{name}={getattr(self, name)} must lie in [0, 1].")
         if not 1 <= self.min_len <= self.max_len:
             raise ValueError("TestbedConfig needs 1 <= min_len <= max_len.")
-        unknown = set(self.tasks) - set(TASKS)
+        unknown = (set(self.tasks) | set(self.demo_verbose_tasks)) - set(TASKS)
         if unknown:
             raise ValueError(f"Unknown testbed tasks {sorted(unknown)}; choose from {TASKS}.")
 
@@ -96,8 +106,8 @@ class _Formatter:
     def prompt(self, p: Problem):
         return [{"role": "user", "content": p.instruction}] if self.conversational else p.prompt
 
-    def completion(self, digits):
-        text = format_answer(digits)
+    def completion(self, digits, verbose: bool = False):
+        text = format_answer(digits, verbose)
         return [{"role": "assistant", "content": text.strip()}] if self.conversational else text
 
 
@@ -110,18 +120,20 @@ def _problems(rng, n, lo, hi, tasks, exclude):
     return out
 
 
-def _preference_rows(problems, rng, noise, fmt):
+def _preference_rows(problems, rng, noise, fmt, verbose_rate):
     rows = []
     for p in problems:
         while True:  # two candidates with different gold scores
             a, b = candidate_answer(p, rng), candidate_answer(p, rng)
-            sa, sb = score_answer(list(a), p.target), score_answer(list(b), p.target)
+            va, vb = rng.random() < verbose_rate, rng.random() < verbose_rate
+            sa = score_answer(parse_answer(format_answer(a, va)), p.target)
+            sb = score_answer(parse_answer(format_answer(b, vb)), p.target)
             if sa != sb:
                 break
-        chosen, rejected = (a, b) if sa > sb else (b, a)
+        chosen, rejected = ((a, va), (b, vb)) if sa > sb else ((b, vb), (a, va))
         if rng.random() < noise:
             chosen, rejected = rejected, chosen
-        rows.append({"prompt": fmt.prompt(p), "chosen": fmt.completion(chosen), "rejected": fmt.completion(rejected)})
+        rows.append({"prompt": fmt.prompt(p), "chosen": fmt.completion(*chosen), "rejected": fmt.completion(*rejected)})
     return rows
 
 
@@ -134,20 +146,22 @@ def make_datasets(config: TestbedConfig | None = None, **overrides) -> DatasetDi
     held_out = {p.prompt for p in eval_problems}
     draw = lambda n, lo=config.min_len, hi=config.max_len: _problems(rng, n, lo, hi, config.tasks, held_out)  # noqa: E731
 
+    pv = config.pref_verbose_rate
     sft_rows = []
     for p in draw(config.num_sft):
         answer = p.target
         if rng.random() < config.demo_error_rate:
             answer = corrupt(answer, rng)
-        sft_rows.append({"prompt": fmt.prompt(p), "completion": fmt.completion(answer)})
+        verbose = p.task in config.demo_verbose_tasks and rng.random() < config.demo_verbose_rate
+        sft_rows.append({"prompt": fmt.prompt(p), "completion": fmt.completion(answer, verbose)})
 
     splits = {
         "sft": sft_rows,
-        "preferences": _preference_rows(draw(config.num_preferences), rng, config.label_noise, fmt),
-        "preferences_pmp": _preference_rows(draw(config.num_pmp), rng, config.pmp_label_noise, fmt),
-        "preferences_id": _preference_rows(draw(config.num_pref_eval), rng, 0.0, fmt),
+        "preferences": _preference_rows(draw(config.num_preferences), rng, config.label_noise, fmt, pv),
+        "preferences_pmp": _preference_rows(draw(config.num_pmp), rng, config.pmp_label_noise, fmt, pv),
+        "preferences_id": _preference_rows(draw(config.num_pref_eval), rng, 0.0, fmt, pv),
         "preferences_ood": _preference_rows(
-            draw(config.num_pref_eval, config.ood_min_len, config.ood_max_len), rng, 0.0, fmt
+            draw(config.num_pref_eval, config.ood_min_len, config.ood_max_len), rng, 0.0, fmt, pv
         ),
         "unlabeled": [{"prompt": fmt.prompt(p)} for p in draw(config.num_unlabeled)],
         "eval": [{"prompt": fmt.prompt(p)} for p in eval_problems],

@@ -114,6 +114,13 @@ def corrupt(answer: tuple[int, ...], rng: random.Random) -> tuple[int, ...]:
     return tuple(a)
 
 
-def format_answer(digits) -> str:
-    """Completion text: a leading space so that prompt + completion tokenizes as the two parts do."""
-    return " " + " ".join(map(str, digits))
+VERBOSE_PREFIX = ("the", "answer", "is")
+
+
+def format_answer(digits, verbose: bool = False) -> str:
+    """Completion text: a leading space so that prompt + completion tokenizes as the two parts do.
+
+    `verbose` adds the demonstrators' habit "the answer is ...", which the gold judge scores as wrong tokens.
+    """
+    words = (list(VERBOSE_PREFIX) if verbose else []) + [str(d) for d in digits]
+    return " " + " ".join(words)

@@ -25,8 +25,8 @@ class ValueWarmup(PPOPlugin):
         return self.done < self.steps
 
     def step(self) -> None:
-        """Called after each optimizer step."""
-        self.done += 1
+        """Called after each optimizer step; counts up to ``steps``."""
+        self.done = min(self.done + 1, self.steps)
 
     def state_dict(self):
         return {"steps": self.steps, "done": self.done}

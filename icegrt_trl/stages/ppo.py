@@ -1,0 +1,104 @@
+"""PPO stage: our PPOTrainer from the SFT policy, with the reward stage's model or the testbed's gold reward."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from trl import ModelConfig, get_peft_config
+
+from ..ppo import PPOConfig, PPOTrainer
+from .base import DataArguments, RunContext, Stage
+from .judge import JudgeArguments, judge_policy
+from .loading import load_model, load_tokenizer
+
+
+@dataclass
+class PPODataArguments(DataArguments):
+    dataset_train_split: str | None = "unlabeled"
+
+
+@dataclass
+class PPORewardArguments:
+    """Where PPO's reward comes from.
+
+    Args:
+        reward_model_path: ``stage:reward`` (the reward stage's model, default), a folder or Hub id of a sequence
+            classifier, or ``gold`` for the testbed's hidden gold reward as a reward function (an oracle run).
+        reward_tokenizer_path: the reward model's tokenizer when it differs from the policy's (default: the one
+            saved with the reward model, used only if it differs).
+        value_model_path: a model whose backbone initialises the value model (default: the policy's backbone).
+        ptx_split: a split of the stage's dataset (e.g. ``sft``) used for the ptx loss when ``ptx_coef`` > 0.
+    """
+
+    reward_model_path: str = "stage:reward"
+    reward_tokenizer_path: str | None = None
+    value_model_path: str | None = None
+    ptx_split: str | None = None
+
+
+class PPOStage(Stage):
+    name = "ppo"
+    help = "PPO with a value model (icegrt-trl's PPOTrainer) from the SFT policy against a reward model."
+    config_classes = (ModelConfig, PPODataArguments, PPOConfig, PPORewardArguments, JudgeArguments)
+
+    def run(self, ctx: RunContext, model_args: ModelConfig, data: PPODataArguments, args: PPOConfig,
+            reward: PPORewardArguments, judge: JudgeArguments) -> dict[str, Any]:
+        if not model_args.model_name_or_path:
+            model_args.model_name_or_path = "stage:sft"
+        tokenizer = load_tokenizer(ctx, model_args.model_name_or_path)
+        model = load_model(ctx, model_args, tokenizer, kind="causal", seed=args.seed)
+        reward_model, reward_tok = self._reward(ctx, reward, tokenizer, args.seed)
+        value_model = None
+        if reward.value_model_path:
+            value_model = load_model(ctx, ModelConfig(model_name_or_path=reward.value_model_path), tokenizer,
+                                     kind="reward", seed=args.seed)
+        train = ctx.dataset(data, data.dataset_train_split)
+        ptx = ctx.dataset(data, reward.ptx_split) if reward.ptx_split else None
+        evals = [ctx.dataset(data, s) for s in data.dataset_eval_splits]
+        use_judge = data.dataset_name == "testbed" and judge.judge_policies
+        figures: dict[str, Any] = {"model": model_args.model_name_or_path, "reward": reward.reward_model_path,
+                                   "prompts": len(train)}
+        if use_judge:
+            figures["gold_score_before"] = judge_policy(ctx, model, tokenizer, judge)
+        args.output_dir = args.output_dir if args.output_dir not in (None, "", "trainer_output") else \
+            str(ctx.stage_dir(self.name) / "checkpoints")
+        args.recipe = args.recipe or str(ctx.recipe.path)
+        trainer = PPOTrainer(
+            args=args, processing_class=tokenizer, model=model, reward_model=reward_model,
+            reward_processing_classes=reward_tok, train_dataset=train, value_model=value_model,
+            eval_dataset=evals[0] if evals else None, peft_config=get_peft_config(model_args), ptx_dataset=ptx,
+        )
+        result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+        out = ctx.stage_dir(self.name)
+        trainer.save_model(str(out))
+        last = {}
+        for entry in trainer.state.log_history:
+            last.update(entry)
+        for key in ("objective/scores", "objective/kl", "objective/kl_coef", "objective/entropy"):
+            if key in last:
+                figures[key] = round(float(last[key]), 4)
+        figures["train_steps"] = result.global_step
+        if use_judge:
+            policy = trainer.accelerator.unwrap_model(trainer.model).policy
+            figures["gold_score_after"] = judge_policy(ctx, policy, tokenizer, judge)
+        if args.push_to_hub:
+            trainer.push_to_hub()
+        return figures
+
+    @staticmethod
+    def _reward(ctx: RunContext, reward: PPORewardArguments, tokenizer, seed: int):
+        if reward.reward_model_path == "gold":
+            from ..testbed import gold_reward
+
+            return gold_reward, None
+        spec = reward.reward_model_path
+        model = load_model(ctx, ModelConfig(model_name_or_path=spec), tokenizer, kind="reward", seed=seed)
+        tok_spec = reward.reward_tokenizer_path or (spec if not spec.startswith("testbed:") else None)
+        reward_tok = load_tokenizer(ctx, tok_spec) if tok_spec else None
+        if reward_tok is not None:
+            from ..ppo.rewards import tokenizers_match
+
+            if tokenizers_match(reward_tok, tokenizer):
+                reward_tok = None
+        return model, reward_tok

@@ -1,0 +1,168 @@
+"""Reward stages: ``reward`` (BT or GRM reward model) and ``reward_pmp`` (Qwen's PMP on a large noisy comparison set,
+then fine-tuning on the small cleaner set), both evaluated by pairwise accuracy with bootstrap CIs on every eval split.
+
+The saved model is merged (no adapter left: GRM's repo warns that LoRA must be merged before export) and loads with
+``GRMRewardModel.from_pretrained(path)`` (GRM) or ``AutoModelForSequenceClassification.from_pretrained(path)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from trl import ModelConfig, get_peft_config
+
+from ..recipe import RecipeError
+from ..reward import GRMRewardModel, RewardConfig, RewardTrainer
+from ..reward.evaluation import evaluate_reward_model, flatten_results, write_reward_eval
+from .base import DataArguments, RunContext, Stage
+from .loading import load_model, load_tokenizer
+
+
+@dataclass
+class RewardDataArguments(DataArguments):
+    dataset_train_split: str | None = "preferences"
+    dataset_eval_splits: list[str] = field(default_factory=lambda: ["preferences_id", "preferences_ood"])
+
+
+@dataclass
+class RewardModelArguments:
+    """How the reward model is built.
+
+    Args:
+        reward_model_type: ``"grm"`` — the causal LM with its LM head kept plus a reward head (`GRMRewardModel`,
+            needed by `grm_regularizer`); ``"classifier"`` — TRL's usual `AutoModelForSequenceClassification`.
+            ``"auto"``: ``grm`` when a GRM regularizer is set, else ``classifier``.
+        head_type: GRM reward head, ``"mlp"`` (GRM's default) or ``"linear"``.
+        head_hidden_size: width of the MLP head (GRM: 1024).
+        eval_bootstrap_samples: resamples of the accuracy confidence intervals.
+    """
+
+    reward_model_type: str = field(default="auto", metadata={"help": "'grm' (LM head kept), 'classifier' or 'auto'."})
+    head_type: str = field(default="mlp", metadata={"help": "GRM reward head: 'mlp' or 'linear'."})
+    head_hidden_size: int = field(default=1024, metadata={"help": "Width of the MLP reward head."})
+    eval_bootstrap_samples: int = field(default=1000, metadata={"help": "Bootstrap resamples of accuracy CIs."})
+
+    def __post_init__(self):
+        if self.reward_model_type not in ("auto", "grm", "classifier"):
+            raise ValueError(f"reward_model_type={self.reward_model_type!r} must be 'auto', 'grm' or 'classifier'.")
+
+
+@dataclass
+class PMPArguments:
+    """Qwen-style preference-model pretraining (PMP) before the reward-model fine-tune.
+
+    Args:
+        pmp_split: the large, noisy comparison split (testbed: ``preferences_pmp``, 4000 pairs, 35% noise).
+        pmp_num_train_epochs: epochs of the PMP phase (Qwen: 1).
+        pmp_learning_rate: learning rate of the PMP phase (default: the stage's `learning_rate`).
+    """
+
+    pmp_split: str = field(default="preferences_pmp", metadata={"help": "Large, noisy comparison split for PMP."})
+    pmp_num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs of the PMP phase (Qwen: 1)."})
+    pmp_learning_rate: float | None = field(default=None, metadata={"help": "PMP learning rate (default: learning_rate)."})
+
+
+def _build_model(ctx: RunContext, model_args: ModelConfig, margs: RewardModelArguments, args: RewardConfig,
+                 tokenizer):
+    spec = model_args.model_name_or_path
+    kind = margs.reward_model_type
+    if kind == "auto":
+        kind = "grm" if args.grm_regularizer else "classifier"
+    if kind == "classifier" and args.grm_regularizer:
+        raise RecipeError("grm_regularizer needs reward_model_type 'grm' (a model that keeps its LM head).")
+    if kind == "classifier":
+        return load_model(ctx, model_args, tokenizer, kind="reward", seed=args.seed)
+    path = None if spec.startswith("testbed:") else ctx.resolve_path(spec)
+    if path is not None:
+        from transformers import PretrainedConfig
+
+        if PretrainedConfig.get_config_dict(path)[0].get("model_type") == "grm_reward":
+            return GRMRewardModel.from_pretrained(path, head_type=margs.head_type)
+    lm = load_model(ctx, model_args, tokenizer, kind="causal", seed=args.seed)
+    return GRMRewardModel.from_causal_lm(lm, head_type=margs.head_type, head_hidden_size=margs.head_hidden_size)
+
+
+def _peft_config(model_args: ModelConfig, model):
+    peft = get_peft_config(model_args)
+    if peft is not None:
+        peft.task_type = "SEQ_CLS"  # ModelConfig defaults to CAUSAL_LM, whose wrapper expects a generation model
+    if peft is not None and isinstance(model, GRMRewardModel):
+        peft.modules_to_save = list(dict.fromkeys([*(peft.modules_to_save or []), "score"]))  # the head trains
+    return peft
+
+
+def _train(model, args: RewardConfig, train, tokenizer, peft):
+    trainer = RewardTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
+                            peft_config=peft)
+    result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    model = trainer.model
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    return trainer, result, model
+
+
+def _finish(ctx, out, trainer, model, tokenizer, evals, margs, args, prefix=""):
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    trainer.create_model_card()  # TRL's card + our loss/head sections, into args.output_dir
+    results = evaluate_reward_model(model, tokenizer, evals, n_resamples=margs.eval_bootstrap_samples,
+                                    seed=args.seed)
+    write_reward_eval(results, out, model_dir=out)
+    return flatten_results(results, prefix)
+
+
+class RewardStage(Stage):
+    name = "reward"
+    help = "Reward model with our RewardTrainer (BT, label smoothing, GRM regularizers), evaluated by accuracy."
+    config_classes = (ModelConfig, RewardDataArguments, RewardConfig, RewardModelArguments)
+
+    def run(self, ctx: RunContext, model_args: ModelConfig, data: RewardDataArguments, args: RewardConfig,
+            margs: RewardModelArguments) -> dict[str, Any]:
+        tokenizer = load_tokenizer(ctx, model_args.model_name_or_path)
+        model = _build_model(ctx, model_args, margs, args, tokenizer)
+        train = ctx.dataset(data, data.dataset_train_split)
+        evals = {s: ctx.dataset(data, s) for s in data.dataset_eval_splits}
+        trainer, result, model = _train(model, args, train, tokenizer, _peft_config(model_args, model))
+        figures: dict[str, Any] = {"model": model_args.model_name_or_path, "train_pairs": len(train),
+                                   "train_loss": round(result.training_loss, 4), "train_steps": result.global_step,
+                                   "grm_regularizer": args.grm_regularizer, **_data_figures(trainer)}
+        figures.update(_finish(ctx, ctx.stage_dir(self.name), trainer, model, tokenizer, evals, margs, args))
+        return figures
+
+
+class RewardPMPStage(Stage):
+    name = "reward_pmp"
+    help = "Qwen's preference-model pretraining on a large noisy set, then RM fine-tune on the small clean set."
+    config_classes = (ModelConfig, RewardDataArguments, RewardConfig, RewardModelArguments, PMPArguments)
+
+    def run(self, ctx: RunContext, model_args: ModelConfig, data: RewardDataArguments, args: RewardConfig,
+            margs: RewardModelArguments, pmp: PMPArguments) -> dict[str, Any]:
+        tokenizer = load_tokenizer(ctx, model_args.model_name_or_path)
+        model = _build_model(ctx, model_args, margs, args, tokenizer)
+        evals = {s: ctx.dataset(data, s) for s in data.dataset_eval_splits}
+        out = ctx.stage_dir(self.name)
+        pmp_train = ctx.dataset(data, pmp.pmp_split)
+        pmp_args = dataclasses.replace(
+            args, output_dir=str(out / "pmp"), num_train_epochs=pmp.pmp_num_train_epochs,
+            learning_rate=pmp.pmp_learning_rate or args.learning_rate, resume_from_checkpoint=None)
+        trainer, result, model = _train(model, pmp_args, pmp_train, tokenizer, _peft_config(model_args, model))
+        figures: dict[str, Any] = {"model": model_args.model_name_or_path, "pmp_pairs": len(pmp_train),
+                                   "pmp/train_loss": round(result.training_loss, 4)}
+        figures.update(_finish(ctx, out / "pmp", trainer, model, tokenizer, evals, margs, pmp_args, prefix="pmp/"))
+
+        train = ctx.dataset(data, data.dataset_train_split)
+        trainer, result, model = _train(model, args, train, tokenizer, _peft_config(model_args, model))
+        figures.update({"rm_pairs": len(train), "rm/train_loss": round(result.training_loss, 4),
+                        **_data_figures(trainer)})
+        figures.update(_finish(ctx, out, trainer, model, tokenizer, evals, margs, args, prefix="rm/"))
+        return figures
+
+
+def _data_figures(trainer) -> dict:
+    rep = trainer.data_report.get("train", {})
+    return {f"data/{k}": v for k, v in rep.items() if v}
+
+
+__all__ = ["PMPArguments", "RewardDataArguments", "RewardModelArguments", "RewardPMPStage", "RewardStage"]

@@ -1,0 +1,90 @@
+"""PPO optimizes the reward it is given: full models and QLoRA (4-bit NF4 base on the CPU)."""
+
+import pytest
+import torch
+
+from icegrt_trl import PPOConfig, PPOTrainer
+from icegrt_trl.testbed import build_tokenizer, make_datasets, tiny_causal_lm
+
+SMALL = dict(hidden_size=64, num_layers=2, num_heads=2)
+
+
+def starts_with_one(prompts, completions, **kw):
+    """1 when the answer starts with the digit 1: a policy that sees it can learn it in a few updates."""
+    return [1.0 if c.split()[:1] == ["1"] else 0.0 for c in completions]
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    return make_datasets(num_sft=10, num_preferences=10, num_pmp=10, num_pref_eval=10, num_unlabeled=256,
+                         num_eval=8)["unlabeled"]
+
+
+def cfg(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to=[], per_device_train_batch_size=16,
+                num_mini_batches=2, num_ppo_epochs=2, max_steps=32, response_length=4, save_strategy="no",
+                gradient_checkpointing=False, disable_tqdm=True, num_sample_generations=0, learning_rate=3e-3,
+                lr_scheduler_type="constant", temperature=1.0, logging_steps=4, seed=0)
+    base.update(kw)
+    return PPOConfig(**base)
+
+
+def scores(trainer):
+    return [h["objective/scores"] for h in trainer.state.log_history if "objective/scores" in h and "loss" in h]
+
+
+def test_reward_callable_learns(tmp_path, prompts):
+    tok = build_tokenizer()
+    t = PPOTrainer(args=cfg(tmp_path), processing_class=tok, model=tiny_causal_lm("llama", tok, **SMALL),
+                   reward_model=starts_with_one, train_dataset=prompts)
+    t.train()
+    s = scores(t)
+    assert s[0] < 0.15  # a random policy rarely starts with "1"
+    assert sum(s[-2:]) / 2 > s[0] + 0.3, s
+
+
+def test_qlora_4bit_cpu_runs_and_trains_both_adapters(tmp_path, prompts):
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    tok = build_tokenizer()
+    tiny_causal_lm("llama", tok, **SMALL).save_pretrained(tmp_path / "base")
+    bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "base", quantization_config=bnb)
+    assert model.is_loaded_in_4bit
+    lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj",
+                                                          "down_proj", "gate_proj"], task_type="CAUSAL_LM")
+    t = PPOTrainer(args=cfg(tmp_path / "run", learning_rate=1e-2, max_steps=8), processing_class=tok, model=model,
+                   reward_model=starts_with_one, train_dataset=prompts, peft_config=lora)
+    w = t.model
+    # one 4-bit base hosts the policy adapter, the value adapter (+ head) and the reference (adapters off)
+    assert t.ref_model is None and w.value_model.adapter == "value"
+    assert set(w.policy.peft_config) == {"default", "value"}
+    trainable = {n: p.detach().clone() for n, p in w.named_parameters() if p.requires_grad}
+    t.train()
+    changed = {n for n, p in w.named_parameters() if n in trainable and not torch.equal(trainable[n], p)}
+    assert any(".default." in n for n in changed) and any(".value." in n for n in changed)
+    assert "value_model.head.weight" in changed
+    assert all(torch.isfinite(torch.tensor(x)) for x in scores(t))
+    # NOTE: learning under QLoRA on CPU is not asserted: bitsandbytes 0.50's CPU `gemv_4bit` kernel has no autograd
+    # registration (torch warns), so gradients do not flow through the 4-bit layers into earlier adapters.
+    t.save_model(str(tmp_path / "final"))
+    assert (tmp_path / "final" / "adapter_model.safetensors").exists()
+    assert (tmp_path / "final" / "value" / "adapter_model.safetensors").exists()
+
+
+def test_ppo_raises_gold_score_of_sft_policy(tmp_path, sft_policy):
+    """From the SFT policy, PPO against the gold reward fixes what SFT imitated (the verbose habit, mistakes)."""
+    from icegrt_trl.testbed import gold_reward, mean_gold_score
+
+    model, tok = sft_policy
+    data = make_datasets()
+    held_out = data["eval"]["prompt"][:100]
+    before = mean_gold_score(model, tok, held_out)
+    args = cfg(tmp_path, per_device_train_batch_size=32, num_mini_batches=2, num_ppo_epochs=2, max_steps=120,
+               learning_rate=1e-4, value_learning_rate=1e-3, response_length=12, stop_token="eos", logging_steps=20)
+    t = PPOTrainer(args=args, processing_class=tok, model=model, reward_model=gold_reward,
+                   train_dataset=data["unlabeled"])
+    t.train()
+    after = mean_gold_score(t.model.policy, tok, held_out)
+    assert after > before + 0.08, (before, after)
