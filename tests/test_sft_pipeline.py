@@ -23,3 +23,21 @@ def test_sft_then_eval_pipeline(tmp_path):
     assert ev["testbed:llama/win_rate_vs_stage:sft"] < 0.2
     report = (out / "report.md").read_text()
     assert "## sft" in report and "gold_score_after" in report and "## eval" in report
+
+
+def test_full_default_pipeline_runs_every_stage(tmp_path):
+    """The README's main job, shortened: SFT → GRM reward model → PPO against it → eval, one report."""
+    out = tmp_path / "run"
+    code = main(["pipeline", str(RECIPE), "--output_dir", str(out), "--sft.num_train_epochs", "2",
+                 "--reward.num_train_epochs", "1", "--ppo.max_steps", "8", "--ppo.logging_steps", "4"])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert list(results) == ["sft", "reward", "ppo", "eval"]
+    assert results["reward"]["preferences_id/accuracy"] > 0.5  # better than chance after one epoch
+    assert results["ppo"]["train_steps"] == 8
+    assert results["ppo"]["gold_score_before"] == results["sft"]["gold_score_after"]
+    assert "stage:ppo/win_rate_vs_stage:sft" in results["eval"]
+    for stage in ("sft", "reward", "ppo"):
+        assert (out / stage / "config.json").is_file() or (out / stage / "adapter_config.json").is_file(), stage
+    report = (out / "report.md").read_text()
+    assert all(f"## {s}" in report for s in results)
