@@ -103,3 +103,15 @@ def test_truncate_at_stop():
     assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 0, 0]]
     assert ended.tolist() == [True, False, False]
     assert core.last_token_index(mask).tolist() == [1, 3, 1]
+
+
+def test_rollout_sizes_keep_trl112_meaning():
+    """trl 1.12: a rollout is per_device × GA sequences, split into num_mini_batches optimizer steps."""
+    from icegrt_trl import PPOConfig
+
+    args = PPOConfig(output_dir="/tmp/unused", per_device_train_batch_size=8, gradient_accumulation_steps=4,
+                     num_mini_batches=2, num_ppo_epochs=3, use_cpu=True, bf16=False)
+    assert args.local_batch_size == 32  # the rollout
+    assert args.local_mini_batch_size == 16  # one optimizer step
+    assert args.gradient_accumulation_steps == 2 and args.rollout_accumulation_steps == 4
+    assert args.steps_per_rollout == 6

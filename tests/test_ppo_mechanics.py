@@ -21,7 +21,7 @@ def prompts():
 
 def cfg(tmp_path, **kw):
     base = dict(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to=[], per_device_train_batch_size=4,
-                num_mini_batches=2, num_ppo_epochs=2, max_steps=4, response_length=6, save_strategy="no",
+                num_mini_batches=2, gradient_accumulation_steps=2, num_ppo_epochs=2, max_steps=4, response_length=6, save_strategy="no",
                 gradient_checkpointing=False, disable_tqdm=True, num_sample_generations=0, learning_rate=3e-3,
                 temperature=1.0, stop_token="eos", logging_steps=1, seed=0)
     base.update(kw)

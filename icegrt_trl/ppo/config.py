@@ -14,10 +14,12 @@ class PPOConfig(_BaseConfig):
     Configuration of [`PPOTrainer`]. Extends [`~transformers.TrainingArguments`] (through TRL's base config, so
     `logging_steps=10`, `gradient_checkpointing=True`, `bf16=True` unless `fp16`, `learning_rate=3e-6` as in trl 1.12).
 
-    Sizes: one *rollout* holds ``per_device_train_batch_size × gradient_accumulation_steps × num_mini_batches``
+    Sizes, as in trl 1.12: one *rollout* holds ``per_device_train_batch_size × gradient_accumulation_steps``
     sequences per process (``local_batch_size``), i.e. that many / ``num_samples_per_prompt`` prompts. Each rollout
-    is reused for ``num_ppo_epochs`` passes, each pass split into ``num_mini_batches`` optimizer steps of
-    ``gradient_accumulation_steps`` micro-batches. Trainer's ``global_step`` counts optimizer steps, so one rollout
+    is reused for ``num_ppo_epochs`` passes, each pass split into ``num_mini_batches`` mini-batches, one optimizer
+    step each. Trainer steps the optimizer every ``gradient_accumulation_steps`` micro-batches, so `__post_init__`
+    stores the rollout's accumulation in ``rollout_accumulation_steps`` and sets ``gradient_accumulation_steps`` to
+    the micro-batches of one mini-batch (``rollout_accumulation_steps / num_mini_batches``, which must be whole). Trainer's ``global_step`` counts optimizer steps, so one rollout
     is ``num_ppo_epochs × num_mini_batches`` steps (trl 1.12 counted one step per rollout).
 
     Parameters kept from trl 1.12 (`trl.experimental.ppo.PPOConfig`):
@@ -122,9 +124,23 @@ class PPOConfig(_BaseConfig):
     value_head_init_std: float = field(default=0.0, metadata={"help": "Std of the new value head's weights."})
     save_merged_model: bool = field(default=False, metadata={"help": "Also save the merged PEFT policy."})
     recipe: str | None = field(default=None, metadata={"help": "Recipe name for the model card."})
+    rollout_accumulation_steps: int | None = field(
+        default=None, metadata={"help": "Set by __post_init__: the gradient_accumulation_steps given (rollout size)."})
 
     def __post_init__(self):
         errors = []
+        if self.num_mini_batches >= 1 and self.rollout_accumulation_steps is None:
+            # trl 1.12's meaning: the rollout is per_device × GA; each of its num_mini_batches mini-batches is one step.
+            if self.gradient_accumulation_steps % self.num_mini_batches:
+                errors.append(
+                    f"gradient_accumulation_steps={self.gradient_accumulation_steps} must be a multiple of "
+                    f"num_mini_batches={self.num_mini_batches}: a rollout of per_device_train_batch_size × "
+                    "gradient_accumulation_steps sequences is split into num_mini_batches mini-batches of whole "
+                    "micro-batches (as in trl 1.12). Raise gradient_accumulation_steps or lower num_mini_batches."
+                )
+            else:
+                self.rollout_accumulation_steps = self.gradient_accumulation_steps
+                self.gradient_accumulation_steps //= self.num_mini_batches
         if self.response_length < 1:
             errors.append(f"response_length must be >= 1, got {self.response_length}.")
         for name in ("num_ppo_epochs", "num_mini_batches", "num_samples_per_prompt", "local_rollout_forward_batch_size"):
@@ -151,9 +167,9 @@ class PPOConfig(_BaseConfig):
         local = self.per_device_train_batch_size * self.gradient_accumulation_steps * self.num_mini_batches
         if local % self.num_samples_per_prompt:
             errors.append(
-                f"The rollout of per_device_train_batch_size × gradient_accumulation_steps × num_mini_batches = "
-                f"{self.per_device_train_batch_size} × {self.gradient_accumulation_steps} × {self.num_mini_batches} = "
-                f"{local} sequences does not divide by num_samples_per_prompt={self.num_samples_per_prompt}."
+                f"The rollout of per_device_train_batch_size × gradient_accumulation_steps = "
+                f"{self.per_device_train_batch_size} × {self.rollout_accumulation_steps} = {local} sequences does "
+                f"not divide by num_samples_per_prompt={self.num_samples_per_prompt}."
             )
         if errors:
             raise ValueError("Invalid PPOConfig: " + " ".join(errors))

@@ -222,7 +222,7 @@ class PPOTrainer(_BaseTrainer):
         if hasattr(dataset, "__len__") and len(dataset) < prompts:
             raise ValueError(
                 f"train_dataset has {len(dataset)} rows but one rollout needs {prompts} prompts "
-                f"(per_device_train_batch_size × gradient_accumulation_steps × num_mini_batches × processes / "
+                f"(per_device_train_batch_size × gradient_accumulation_steps × processes / "
                 f"num_samples_per_prompt)."
             )
 
