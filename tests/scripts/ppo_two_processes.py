@@ -1,0 +1,32 @@
+"""Run by tests/test_ppo_distributed.py under `accelerate launch --num_processes 2 --cpu` (gloo backend).
+
+Writes the trainer's final log entry and both processes' policy checksums to OUT (rank 0) and OUT.rank1.
+"""
+
+import json
+import sys
+
+import torch
+
+from icegrt_trl import PPOConfig, PPOTrainer
+from icegrt_trl.testbed import build_tokenizer, gold_reward, make_datasets, tiny_causal_lm
+
+out = sys.argv[1]
+tok = build_tokenizer()
+model = tiny_causal_lm("llama", tok, hidden_size=64, num_layers=2, num_heads=2)
+args = PPOConfig(output_dir=out + ".run", use_cpu=True, bf16=False, report_to=[], per_device_train_batch_size=8,
+                 gradient_accumulation_steps=2, num_mini_batches=2, num_ppo_epochs=1, max_steps=4,
+                 response_length=4, stop_token="eos", save_strategy="no", gradient_checkpointing=False,
+                 disable_tqdm=True, num_sample_generations=0, logging_steps=2, seed=0, learning_rate=1e-3,
+                 kl_controller="adaptive", reward_scaling="running_meanstd")
+trainer = PPOTrainer(args=args, processing_class=tok, model=model, reward_model=gold_reward,
+                     train_dataset=make_datasets(num_unlabeled=64)["unlabeled"])
+trainer.train()
+policy = trainer.accelerator.unwrap_model(trainer.model).policy
+checksum = float(sum(p.detach().double().sum() for p in policy.parameters()))
+rank = trainer.accelerator.process_index
+state = {"rank": rank, "world": trainer.accelerator.num_processes, "checksum": checksum,
+         "kl_coef": trainer.kl_ctl.value, "reward_moments": trainer.reward_scaler.state_dict(),
+         "log": [h for h in trainer.state.log_history if "objective/kl" in h]}
+with open(out + (f".rank{rank}" if rank else ""), "w") as f:
+    json.dump(state, f, default=str)

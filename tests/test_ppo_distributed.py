@@ -1,0 +1,31 @@
+"""Two processes (torch.distributed on the CPU, gloo — what `accelerate launch` starts): the replicas stay identical
+and the plugins' statistics (KL coefficient, reward moments) are all-reduced, so every process holds the same state."""
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).parent / "scripts" / "ppo_two_processes.py"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_run_keeps_replicas_and_plugin_state_in_sync(tmp_path):
+    out = tmp_path / "state.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), str(SCRIPT), str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rank0, rank1 = json.loads(out.read_text()), json.loads(Path(str(out) + ".rank1").read_text())
+    assert rank0["world"] == rank1["world"] == 2
+    assert rank0["checksum"] == rank1["checksum"]  # gradients averaged across processes
+    assert rank0["kl_coef"] == rank1["kl_coef"] != 0.05  # adaptive controller moved, on the all-process KL
+    assert rank0["reward_moments"] == rank1["reward_moments"]
+    assert rank0["reward_moments"]["count"] == 2 * 16 * 2  # 2 rollouts × 16 sequences × 2 processes
+    assert rank0["log"][-1]["objective/kl"] == rank1["log"][-1]["objective/kl"]
