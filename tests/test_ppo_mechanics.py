@@ -21,7 +21,8 @@ def prompts():
 
 def cfg(tmp_path, **kw):
     base = dict(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to=[], per_device_train_batch_size=4,
-                num_mini_batches=2, gradient_accumulation_steps=2, num_ppo_epochs=2, max_steps=4, response_length=6, save_strategy="no",
+                num_mini_batches=2, gradient_accumulation_steps=2, num_ppo_epochs=2, max_steps=4, response_length=6,
+                save_strategy="no",
                 gradient_checkpointing=False, disable_tqdm=True, num_sample_generations=0, learning_rate=3e-3,
                 temperature=1.0, stop_token="eos", logging_steps=1, seed=0)
     base.update(kw)
@@ -179,3 +180,24 @@ def test_ptx_loss_mixed_into_policy_updates(tmp_path, prompts):
     with pytest.raises(ValueError, match="ptx_coef > 0 needs a `ptx_dataset`"):
         PPOTrainer(args=cfg(tmp_path, ptx_coef=0.5), processing_class=tok, model=model, reward_model=gold_reward,
                    train_dataset=prompts)
+
+
+def test_evaluate_and_sample_generations_with_a_same_tokenizer_reward_model(tmp_path, prompts):
+    """evaluate() scores greedy completions with a reward model that reads the policy's own token ids."""
+    from icegrt_trl.testbed import tiny_sequence_classifier
+
+    tok = build_tokenizer()
+    rm = tiny_sequence_classifier("llama", tok, seed=1, **SMALL)
+    t = PPOTrainer(args=cfg(tmp_path, num_sample_generations=2), processing_class=tok,
+                   model=tiny_causal_lm("llama", tok, **SMALL), reward_model=[rm, gold_reward],
+                   train_dataset=prompts, eval_dataset=prompts.select(range(6)))
+    t.train()
+    metrics = t.evaluate()
+    batch = t._greedy_rollout([t.eval_dataset[i] for i in range(6)])
+    with torch.no_grad():
+        expected_rm = rm(input_ids=batch["query_responses"], attention_mask=batch["query_response_mask"]).logits
+    expected = expected_rm.squeeze(-1) + torch.tensor(gold_reward([r["prompt"] for r in prompts.select(range(6))],
+                                                                  batch["completions_text"]))
+    assert metrics["eval_objective/scores"] == pytest.approx(expected.mean().item(), abs=1e-5)
+    lines = (tmp_path / "sample_generations.jsonl").read_text().splitlines()
+    assert len(lines) == t.num_rollouts == 1 and len(json.loads(lines[0])["completions"]) == 4

@@ -570,31 +570,42 @@ class PPOTrainer(_BaseTrainer):
         if (self._rollouts_done - 1) % freq:
             return
         rows = [self.eval_dataset[i] for i in range(min(4, len(self.eval_dataset)))]
-        comps = self._greedy_completions(rows)
-        self.sample_generations.append({"step": self.state.global_step, "prompts": [r["prompt"] for r in rows],
-                                        "completions": comps})
+        comps = self._greedy_rollout(rows)["completions_text"]
+        sample = {"step": self.state.global_step, "prompts": [r["prompt"] for r in rows], "completions": comps}
+        self.sample_generations.append(sample)
+        if self.is_world_process_zero():  # a readable trail of what the policy writes, beside the checkpoints
+            os.makedirs(self.args.output_dir, exist_ok=True)
+            with open(os.path.join(self.args.output_dir, "sample_generations.jsonl"), "a") as f:
+                f.write(json.dumps(sample, default=str) + "\n")
 
     @torch.no_grad()
-    def _greedy_completions(self, rows: list[dict]) -> list[str]:
+    def _greedy_rollout(self, rows: list[dict]) -> dict:
+        """Greedy responses to `rows` as a batch the reward sources read (token ids and decoded text)."""
         tok, wrapper, device = self.processing_class, self._unwrapped(), self.accelerator.device
-        out = []
+        width = max(len(r["input_ids"]) for r in rows)
+        q = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
+        m = torch.zeros_like(q)
+        for j, r in enumerate(rows):  # left padding, one width for all rows
+            q[j, width - len(r["input_ids"]):] = torch.tensor(r["input_ids"])
+            m[j, width - len(r["input_ids"]):] = 1
+        q, m = q.to(device), m.to(device)
+        gen = GenerationConfig(max_new_tokens=self.args.response_length, do_sample=False,
+                               pad_token_id=tok.pad_token_id, eos_token_id=self.stop_token_ids or None)
+        responses = []
         bs = self.args.local_rollout_forward_batch_size
-        for i in range(0, len(rows), bs):
-            chunk = rows[i:i + bs]
-            width = max(len(r["input_ids"]) for r in chunk)
-            q = torch.full((len(chunk), width), tok.pad_token_id, dtype=torch.long)
-            m = torch.zeros_like(q)
-            for j, r in enumerate(chunk):
-                q[j, width - len(r["input_ids"]):] = torch.tensor(r["input_ids"])
-                m[j, width - len(r["input_ids"]):] = 1
-            gen = GenerationConfig(max_new_tokens=self.args.response_length, do_sample=False,
-                                   pad_token_id=tok.pad_token_id, eos_token_id=self.stop_token_ids or None)
-            with wrapper.policy_scope():
-                seq = wrapper.policy.generate(input_ids=q.to(device), attention_mask=m.to(device),
-                                              generation_config=gen)
-            resp, _, _ = core.truncate_at_stop(seq[:, width:], self.stop_token_ids, tok.pad_token_id)
-            out.extend(tok.batch_decode(resp, skip_special_tokens=True))
-        return out
+        with wrapper.policy_scope():
+            for i in range(0, len(rows), bs):
+                resp = wrapper.policy.generate(input_ids=q[i:i + bs], attention_mask=m[i:i + bs],
+                                               generation_config=gen)[:, width:]
+                pad = self.args.response_length - resp.shape[1]
+                responses.append(nn.functional.pad(resp, (0, pad), value=tok.pad_token_id) if pad > 0 else resp)
+        resp, rmask, ended = core.truncate_at_stop(torch.cat(responses), self.stop_token_ids, tok.pad_token_id)
+        texts = [" " + t if t and not t.startswith(" ") else t
+                 for t in tok.batch_decode(resp, skip_special_tokens=True)]
+        return {"query_responses": torch.cat([q, resp], 1), "query_response_mask": torch.cat([m, rmask], 1),
+                "responses": resp, "response_mask": rmask, "ended": ended, "context_length": width,
+                "completions_text": texts,
+                "completion_ids": [r[: int(n)].tolist() for r, n in zip(resp, rmask.sum(1))]}
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """Mean (weighted) reward of greedy completions on the eval prompts."""
@@ -607,19 +618,16 @@ class PPOTrainer(_BaseTrainer):
         was = self.model.training
         self._unwrapped().eval()
         try:
-            texts = [" " + t if t and not t.startswith(" ") else t for t in self._greedy_completions(rows)]
+            batch = self._greedy_rollout(rows)
+            texts = batch["completions_text"]
             prompts = [r["prompt"] for r in rows]
             conv = is_conversational_prompt(prompts[0])
-            batch = {"prompts": prompts, "completions_text": texts,
-                     "prompt_texts": [p if isinstance(p, str) else self.processing_class.decode(r["input_ids"])
-                                      for p, r in zip(prompts, rows)],
-                     "completions": [[{"role": "assistant", "content": t.strip()}] for t in texts] if conv else texts,
-                     "completion_ids": [self.processing_class(t, add_special_tokens=False)["input_ids"] for t in texts],
-                     "columns": {}, "trainer_state": self.state, "scores_device": self.accelerator.device,
-                     "ended": torch.ones(len(rows), dtype=torch.bool)}
-            if any(hasattr(s, "model") and s.same_tokenizer for s in self.reward_sources):
-                raise NotImplementedError("evaluate() re-tokenizes text; use reward callables or a reward model "
-                                          "with its own `reward_processing_classes`.")
+            batch.update({"prompts": prompts,
+                          "prompt_texts": [p if isinstance(p, str) else self.processing_class.decode(r["input_ids"])
+                                           for p, r in zip(prompts, rows)],
+                          "completions": [[{"role": "assistant", "content": t.strip()}] for t in texts] if conv
+                          else texts,
+                          "columns": {}, "trainer_state": self.state, "scores_device": self.accelerator.device})
             total = torch.zeros(len(rows), device=self.accelerator.device)
             for w, s in zip(self.reward_weights, self.reward_sources):
                 total = total + w * s(batch)
