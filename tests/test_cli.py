@@ -93,3 +93,18 @@ def test_unavailable_stage_says_so(tmp_path, capsys):
 def test_unknown_command(capsys):
     assert main(["train"]) == 2
     assert "unknown command 'train'" in capsys.readouterr().err
+
+
+def test_local_dataset_files_are_read_once_and_split_names_checked(tmp_path):
+    from icegrt_trl.recipe import RecipeError, recipe_from_dict
+    from icegrt_trl.stages.base import DataArguments, RunContext
+
+    data_dir = tmp_path / "prefs"
+    data_dir.mkdir()
+    (data_dir / "train.jsonl").write_text('{"prompt": "sort 2 1 :", "chosen": " 1 2", "rejected": " 2 1"}\n')
+    ctx = RunContext.from_recipe(recipe_from_dict({"stages": {}}), str(tmp_path / "out"))
+    args = DataArguments(dataset_name=str(data_dir))
+    first = ctx.dataset(args, "train")
+    assert first[0]["chosen"] == " 1 2" and ctx.dataset(args, "train") is first
+    with pytest.raises(RecipeError, match=r"has no split 'test'. Available splits: \['train'\]"):
+        ctx.dataset(args, "test")

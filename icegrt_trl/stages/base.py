@@ -67,6 +67,7 @@ class RunContext:
     output_dir: Path
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     _testbed: Any = None
+    _loaded: dict[tuple, Any] = field(default_factory=dict)  # datasets by (name, config), read once per run
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, output_dir: str | None = None) -> "RunContext":
@@ -112,9 +113,12 @@ class RunContext:
         if data.dataset_name == "testbed":
             splits = self.testbed()
         else:
-            from datasets import load_dataset
+            key = (data.dataset_name, data.dataset_config)
+            if key not in self._loaded:
+                from datasets import load_dataset
 
-            splits = load_dataset(data.dataset_name, data.dataset_config)
+                self._loaded[key] = load_dataset(data.dataset_name, data.dataset_config)
+            splits = self._loaded[key]
         if split not in splits:
             raise RecipeError(
                 f"Dataset '{data.dataset_name}' has no split '{split}'. Available splits: {sorted(splits)}."
