@@ -27,20 +27,10 @@ ARMS = {
 
 def sft_policy(seed: int, folder: Path):
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
-    from trl import SFTConfig, SFTTrainer
 
-    from icegrt_trl.testbed import build_tokenizer, make_datasets, tiny_causal_lm
+    from icegrt_trl.testbed.sft import train_sft_policy
 
-    if not (folder / "config.json").exists():
-        tok = build_tokenizer()
-        model = tiny_causal_lm("llama", tok, seed=seed)
-        args = SFTConfig(output_dir=str(folder / "run"), per_device_train_batch_size=32, num_train_epochs=4,
-                         learning_rate=3e-3, lr_scheduler_type="cosine", warmup_steps=10, max_length=64,
-                         use_cpu=True, report_to=[], save_strategy="no", logging_strategy="no", bf16=False, seed=seed,
-                         gradient_checkpointing=False, disable_tqdm=True)
-        SFTTrainer(model=model, args=args, train_dataset=make_datasets(seed=seed)["sft"], processing_class=tok).train()
-        model.save_pretrained(folder)
-        tok.save_pretrained(folder)
+    train_sft_policy(folder, seed=seed)
     return AutoModelForCausalLM.from_pretrained(folder), PreTrainedTokenizerFast.from_pretrained(folder)
 
 

@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 
 import torch
-from trl import SFTConfig, SFTTrainer
 
 from icegrt_trl import GRMRewardModel, RewardConfig, RewardTrainer
 from icegrt_trl.reward.evaluation import evaluate_reward_model
-from icegrt_trl.testbed import build_tokenizer, make_datasets, mean_gold_score, tiny_causal_lm
+from icegrt_trl.testbed import build_tokenizer, make_datasets, mean_gold_score
+from icegrt_trl.testbed.sft import train_sft_policy
 
 ARMS = {"baseline": None, "grm-sft": "sft", "grm-dpo_noref": "dpo_noref", "grm-dpo": "dpo"}
 
@@ -34,14 +34,7 @@ def sft_policy(out: Path, tokenizer, seed: int = 0):
     sft_data = make_datasets()["sft"]
     digest = hashlib.sha1(json.dumps(sft_data.to_list()).encode()).hexdigest()[:10]  # stale caches never reused
     path = out / f"sft-seed{seed}-{digest}"
-    if not (path / "config.json").is_file():
-        model = tiny_causal_lm("llama", tokenizer, seed=seed)
-        args = SFTConfig(output_dir=str(out / "sft-run"), per_device_train_batch_size=32, num_train_epochs=4,
-                         learning_rate=3e-3, lr_scheduler_type="cosine", warmup_steps=10, max_length=64, use_cpu=True,
-                         report_to=[], save_strategy="no", logging_strategy="no", bf16=False, seed=seed,
-                         disable_tqdm=True, gradient_checkpointing=False)
-        SFTTrainer(model=model, args=args, train_dataset=sft_data, processing_class=tokenizer).train()
-        model.save_pretrained(path)
+    train_sft_policy(path, seed=seed, sft_data=sft_data)
     return AutoModelForCausalLM.from_pretrained(path)
 
 

@@ -14,8 +14,8 @@ import argparse
 import sys
 from typing import Sequence
 
-from .recipe import Recipe, RecipeError, load_recipe, recipe_from_dict
-from .stages import STAGE_REGISTRY, StageNotAvailable, get_stage
+from .recipe import Recipe, RecipeError, load_recipe
+from .stages import StageNotAvailable, get_stage
 from .stages.base import RunContext, Stage, apply_env, check_section_keys, run_stage, section_for
 
 STAGE_COMMANDS = ("sft", "reward", "reward_pmp", "ppo", "rlp", "eval")

@@ -1,6 +1,5 @@
 """Shared fixtures. Append yours; keep them session-scoped when they train something."""
 
-import copy
 
 import pytest
 import torch
@@ -10,22 +9,10 @@ import torch
 @pytest.fixture(scope="session")
 def sft_policy_dir(tmp_path_factory):
     """A tiny Llama SFT-trained on the testbed (~10 s, once per session), saved with its tokenizer."""
-    from trl import SFTConfig, SFTTrainer
-
-    from icegrt_trl.testbed import build_tokenizer, make_datasets, tiny_causal_lm
+    from icegrt_trl.testbed.sft import train_sft_policy
 
     torch.set_num_threads(2)
-    out = tmp_path_factory.mktemp("sft_policy")
-    tok = build_tokenizer()
-    model = tiny_causal_lm("llama", tok, seed=0)
-    args = SFTConfig(output_dir=str(out / "run"), per_device_train_batch_size=32, num_train_epochs=4,
-                     learning_rate=3e-3, lr_scheduler_type="cosine", warmup_steps=10, max_length=64, use_cpu=True,
-                     report_to=[], save_strategy="no", logging_strategy="no", bf16=False, seed=0,
-                     gradient_checkpointing=False, disable_tqdm=True)
-    SFTTrainer(model=model, args=args, train_dataset=make_datasets()["sft"], processing_class=tok).train()
-    model.save_pretrained(out / "model")
-    tok.save_pretrained(out / "model")
-    return out / "model"
+    return train_sft_policy(tmp_path_factory.mktemp("sft_policy") / "model", seed=0)
 
 
 @pytest.fixture

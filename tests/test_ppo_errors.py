@@ -1,6 +1,5 @@
 """Bad input fails early with a clear message, before any weight changes."""
 
-import warnings
 
 import pytest
 import torch

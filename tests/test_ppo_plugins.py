@@ -1,6 +1,5 @@
 """PPO plugins against hand-computed values, registry look-up and state round trips."""
 
-import math
 
 import pytest
 import torch

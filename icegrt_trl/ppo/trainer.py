@@ -32,7 +32,7 @@ from .config import PPOConfig
 from .data import is_conversational_prompt, prepare_prompt_dataset, prepare_ptx_rows
 from .modeling import PolicyAndValue, ValueModel, adapter_scope, backbone_of, is_peft_model, make_reference, \
     new_value_head, position_ids_from
-from .plugins import HOOK_NAMES, PPOPlugin, run_hooks
+from .plugins import HOOK_NAMES, run_hooks
 from .rewards import build_reward_sources
 
 STATE_FILE = "icegrt_ppo_state.json"
@@ -729,7 +729,7 @@ class PPOTrainer(_BaseTrainer):
         base = getattr(self._unwrapped().config, "_name_or_path", "") or "a local model"
         lines = [
             "---", "library_name: transformers", "tags: [trl, ppo, icegrt-trl, generated_from_trainer]", "---", "",
-            f"# PPO policy trained with icegrt-trl", "",
+            "# PPO policy trained with icegrt-trl", "",
             f"- Base model: `{base}`", f"- Recipe: `{self.args.recipe or 'none (Python API)'}`",
             f"- PEFT: `{self.is_peft}` (policy adapter `{self.policy_adapter}`, value adapter "
             f"`{self._unwrapped().value_model.adapter}`)",

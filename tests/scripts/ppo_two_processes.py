@@ -6,7 +6,6 @@ Writes the trainer's final log entry and both processes' policy checksums to OUT
 import json
 import sys
 
-import torch
 
 from icegrt_trl import PPOConfig, PPOTrainer
 from icegrt_trl.testbed import build_tokenizer, gold_reward, make_datasets, tiny_causal_lm
