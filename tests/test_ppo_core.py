@@ -100,18 +100,22 @@ def test_truncate_at_stop():
     resp = torch.tensor([[5, 1, 7, 7], [5, 6, 7, 8], [5, 6, 0, 0]])
     out, mask, ended = core.truncate_at_stop(resp, [eos], pad)
     assert out.tolist() == [[5, 1, 0, 0], [5, 6, 7, 8], [5, 6, 0, 0]]
-    assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 0, 0]]
+    assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1]]  # no stop token: pads were sampled, kept
     assert ended.tolist() == [True, False, False]
-    assert core.last_token_index(mask).tolist() == [1, 3, 1]
+    assert core.last_token_index(mask).tolist() == [1, 3, 3]
 
 
-def test_rollout_sizes_keep_trl112_meaning():
-    """trl 1.12: a rollout is per_device × GA sequences, split into num_mini_batches optimizer steps."""
+def test_rollout_sizes_keep_trainer_meaning_of_gradient_accumulation():
+    """A mini-batch = GA micro-batches = one optimizer step; a rollout = num_mini_batches mini-batches; the user's
+    gradient_accumulation_steps is left as given (docs/migrating.md has the table against trl 1.12)."""
     from icegrt_trl import PPOConfig
 
     args = PPOConfig(output_dir="/tmp/unused", per_device_train_batch_size=8, gradient_accumulation_steps=4,
                      num_mini_batches=2, num_ppo_epochs=3, use_cpu=True, bf16=False)
-    assert args.local_batch_size == 32  # the rollout
-    assert args.local_mini_batch_size == 16  # one optimizer step
-    assert args.gradient_accumulation_steps == 2 and args.rollout_accumulation_steps == 4
-    assert args.steps_per_rollout == 6
+    assert args.gradient_accumulation_steps == 4  # not rewritten
+    assert args.local_mini_batch_size == 32  # one optimizer step: 8 × 4
+    assert args.local_batch_size == 64  # the rollout: 2 mini-batches
+    assert args.steps_per_rollout == 6  # 3 epochs × 2 mini-batches
+    # mini-batches need not divide gradient_accumulation_steps any more (trl 1.12 had no such rule either)
+    assert PPOConfig(output_dir="/tmp/unused", gradient_accumulation_steps=2, num_mini_batches=3, use_cpu=True,
+                     bf16=False).steps_per_rollout == 4 * 3

@@ -74,7 +74,9 @@ def test_reward_model_with_other_tokenizer(tmp_path, tok):
 
 @pytest.mark.parametrize("kw, match", [
     (dict(per_device_train_batch_size=3, num_samples_per_prompt=2), "does not divide by num_samples_per_prompt"),
-    (dict(num_mini_batches=2, gradient_accumulation_steps=3), "must be a multiple of num_mini_batches=2"),
+    (dict(kl_penalty="loss", kl_estimator="k1"), "kl_penalty='loss' with kl_estimator='k1' does not regularize"),
+    (dict(local_batch_size=16), "`local_batch_size` is derived"),
+    (dict(world_size=2, mini_batch_size=4), "`mini_batch_size` is derived .*`world_size` is derived"),
     (dict(response_length=0), "response_length must be >= 1"),
     (dict(stop_token="eos", stop_token_id=1), "both `stop_token` and `stop_token_id`"),
     (dict(advantage_normalization="group"), "num_samples_per_prompt >= 2"),

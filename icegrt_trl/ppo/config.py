@@ -14,13 +14,19 @@ class PPOConfig(_BaseConfig):
     Configuration of [`PPOTrainer`]. Extends [`~transformers.TrainingArguments`] (through TRL's base config, so
     `logging_steps=10`, `gradient_checkpointing=True`, `bf16=True` unless `fp16`, `learning_rate=3e-6` as in trl 1.12).
 
-    Sizes, as in trl 1.12: one *rollout* holds ``per_device_train_batch_size × gradient_accumulation_steps``
-    sequences per process (``local_batch_size``), i.e. that many / ``num_samples_per_prompt`` prompts. Each rollout
-    is reused for ``num_ppo_epochs`` passes, each pass split into ``num_mini_batches`` mini-batches, one optimizer
-    step each. Trainer steps the optimizer every ``gradient_accumulation_steps`` micro-batches, so `__post_init__`
-    stores the rollout's accumulation in ``rollout_accumulation_steps`` and sets ``gradient_accumulation_steps`` to
-    the micro-batches of one mini-batch (``rollout_accumulation_steps / num_mini_batches``, which must be whole). Trainer's ``global_step`` counts optimizer steps, so one rollout
-    is ``num_ppo_epochs × num_mini_batches`` steps (trl 1.12 counted one step per rollout).
+    Sizes (per process; ``docs/migrating.md`` has the table measured against trl 1.12):
+
+    - a *micro-batch* is ``per_device_train_batch_size`` sequences (one forward/backward);
+    - a *mini-batch* is ``gradient_accumulation_steps`` micro-batches = one optimizer step (``local_mini_batch_size``),
+      the meaning ``gradient_accumulation_steps`` has in every ``transformers.Trainer``;
+    - a *rollout* is ``num_mini_batches`` mini-batches = ``per_device_train_batch_size × gradient_accumulation_steps ×
+      num_mini_batches`` sequences (``local_batch_size``), i.e. that many / ``num_samples_per_prompt`` prompts;
+    - each rollout is reused for ``num_ppo_epochs`` passes: ``num_ppo_epochs × num_mini_batches`` optimizer steps.
+
+    With ``num_mini_batches=1`` (the default) this is exactly trl 1.12: a rollout of ``per_device × GA`` sequences and
+    ``num_ppo_epochs`` optimizer steps per rollout. With ``num_mini_batches > 1`` trl 1.12 still made only
+    ``num_ppo_epochs`` steps (its mini-batches were accumulated into one step, so the field changed nothing); here each
+    mini-batch is its own optimizer step, as its documentation says. No field you pass is rewritten.
 
     Parameters kept from trl 1.12 (`trl.experimental.ppo.PPOConfig`):
         dataset_num_proc (`int`, *optional*): processes for tokenizing the dataset.
@@ -78,12 +84,13 @@ class PPOConfig(_BaseConfig):
         recipe (`str`, *optional*): name of the recipe that produced the run, written to the model card.
     """
 
-    _VALID_DICT_FIELDS = _BaseConfig._VALID_DICT_FIELDS if hasattr(_BaseConfig, "_VALID_DICT_FIELDS") else []
-
     learning_rate: float = field(default=3e-6, metadata={"help": "The initial learning rate for AdamW."})
     # --- trl 1.12 fields
     dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for dataset tokenization."})
-    num_mini_batches: int = field(default=1, metadata={"help": "Number of minibatches to split a batch into."})
+    num_mini_batches: int = field(default=1, metadata={
+        "help": "Mini-batches (optimizer steps) per pass over a rollout; each is gradient_accumulation_steps "
+                "micro-batches of per_device_train_batch_size. The rollout holds per_device_train_batch_size × "
+                "gradient_accumulation_steps × num_mini_batches sequences per process."})
     total_episodes: int | None = field(default=None, metadata={"help": "Total number of episodes (sequences)."})
     local_rollout_forward_batch_size: int = field(default=64, metadata={"help": "Rows per no-grad rollout forward."})
     num_sample_generations: int = field(default=10, metadata={"help": "Sample-completion logs during training."})
@@ -97,7 +104,10 @@ class PPOConfig(_BaseConfig):
     num_ppo_epochs: int = field(default=4, metadata={"help": "Passes over each rollout."})
     whiten_rewards: bool = field(default=False, metadata={"help": "Whiten the rewards."})
     kl_coef: float = field(default=0.05, metadata={"help": "KL coefficient (initial, for adaptive control)."})
-    kl_estimator: str = field(default="k1", metadata={"help": "KL estimator: k1, k2 or k3."})
+    kl_estimator: str | None = field(default=None, metadata={
+        "help": "KL estimator (Schulman, 'Approximating KL Divergence'): k1 = log π − log π_ref, k2 = ½(log r)², "
+                "k3 = (r − 1) − log r. Default: k1 with kl_penalty='reward' (trl 1.12's default), k3 with "
+                "kl_penalty='loss' (k1's gradient has expectation 0 as a loss, so it does not regularize; refused)."})
     cliprange: float = field(default=0.2, metadata={"help": "Clip range."})
     vf_coef: float = field(default=0.1, metadata={"help": "Value function coefficient."})
     cliprange_value: float = field(default=0.2, metadata={"help": "Clip range for the value function."})
@@ -120,27 +130,32 @@ class PPOConfig(_BaseConfig):
     value_warmup_steps: int = field(default=0, metadata={"help": "Value-only optimizer steps first (Qwen: 50)."})
     value_learning_rate: float | None = field(default=None, metadata={"help": "Value model learning rate."})
     ptx_coef: float = field(default=0.0, metadata={"help": "Weight of the ptx (pretraining) loss."})
+    ds3_gather_for_generation: bool = field(default=True, metadata={
+        "help": "DeepSpeed ZeRO-3 only: gather the sharded policy once for the whole generation (fast, needs the "
+                "full model in memory on each GPU); False generates layer by layer (slow, fits larger models). "
+                "As in trl 1.12."})
+    sft_model_path: str | None = field(default=None, metadata={
+        "help": "The policy to start from, read by the `ppo` stage of a recipe when model_name_or_path is not set "
+                "(default there: 'stage:sft'). PPOTrainer itself takes the policy as `model=` and warns that it "
+                "ignores this field (trl 1.12's trainer ignored it too; only its example script read it)."})
+    reward_model_path: str | None = field(default=None, metadata={
+        "help": "The reward model, read by the `ppo` stage of a recipe: 'stage:reward' (default there), a folder or "
+                "Hub id of a sequence classifier, or 'gold' (the testbed's gold reward). PPOTrainer itself takes "
+                "`reward_model=` and warns that it ignores this field."})
     ptx_batch_size: int | None = field(default=None, metadata={"help": "ptx rows per micro-batch."})
     value_head_init_std: float = field(default=0.0, metadata={"help": "Std of the new value head's weights."})
     save_merged_model: bool = field(default=False, metadata={"help": "Also save the merged PEFT policy."})
     recipe: str | None = field(default=None, metadata={"help": "Recipe name for the model card."})
-    rollout_accumulation_steps: int | None = field(
-        default=None, metadata={"help": "Set by __post_init__: the gradient_accumulation_steps given (rollout size)."})
-
     def __post_init__(self):
         errors = []
-        if self.num_mini_batches >= 1 and self.rollout_accumulation_steps is None:
-            # trl 1.12's meaning: the rollout is per_device × GA; each of its num_mini_batches mini-batches is one step.
-            if self.gradient_accumulation_steps % self.num_mini_batches:
-                errors.append(
-                    f"gradient_accumulation_steps={self.gradient_accumulation_steps} must be a multiple of "
-                    f"num_mini_batches={self.num_mini_batches}: a rollout of per_device_train_batch_size × "
-                    "gradient_accumulation_steps sequences is split into num_mini_batches mini-batches of whole "
-                    "micro-batches (as in trl 1.12). Raise gradient_accumulation_steps or lower num_mini_batches."
-                )
-            else:
-                self.rollout_accumulation_steps = self.gradient_accumulation_steps
-                self.gradient_accumulation_steps //= self.num_mini_batches
+        if self.kl_estimator is None:
+            self.kl_estimator = "k3" if self.kl_penalty == "loss" else "k1"
+        elif self.kl_penalty == "loss" and self.kl_estimator == "k1":
+            errors.append(
+                "kl_penalty='loss' with kl_estimator='k1' does not regularize: the gradient of the k1 estimate "
+                "(log π − log π_ref) on the policy's own samples has expectation 0. Use kl_estimator='k3' (the "
+                "default with kl_penalty='loss', as in GRPO) or 'k2', or put the KL into the reward with "
+                "kl_penalty='reward'.")
         if self.response_length < 1:
             errors.append(f"response_length must be >= 1, got {self.response_length}.")
         for name in ("num_ppo_epochs", "num_mini_batches", "num_samples_per_prompt", "local_rollout_forward_batch_size"):
@@ -167,24 +182,55 @@ class PPOConfig(_BaseConfig):
         local = self.per_device_train_batch_size * self.gradient_accumulation_steps * self.num_mini_batches
         if local % self.num_samples_per_prompt:
             errors.append(
-                f"The rollout of per_device_train_batch_size × gradient_accumulation_steps = "
-                f"{self.per_device_train_batch_size} × {self.rollout_accumulation_steps} = {local} sequences does "
-                f"not divide by num_samples_per_prompt={self.num_samples_per_prompt}."
+                f"The rollout of per_device_train_batch_size × gradient_accumulation_steps × num_mini_batches = "
+                f"{self.per_device_train_batch_size} × {self.gradient_accumulation_steps} × {self.num_mini_batches} = "
+                f"{local} sequences does not divide by num_samples_per_prompt={self.num_samples_per_prompt}; "
+                "change one of them so that every prompt gets all its samples in one rollout."
             )
         if errors:
             raise ValueError("Invalid PPOConfig: " + " ".join(errors))
         super().__post_init__()
 
-    # Sizes, as trl 1.12 named them (per process unless said otherwise).
+    # Sizes, as trl 1.12 named them (per process). Derived, so they are properties, not fields.
     @property
     def local_batch_size(self) -> int:
+        """Sequences per rollout on one process."""
         return self.per_device_train_batch_size * self.gradient_accumulation_steps * self.num_mini_batches
 
     @property
     def local_mini_batch_size(self) -> int:
+        """Sequences per optimizer step on one process."""
         return self.per_device_train_batch_size * self.gradient_accumulation_steps
 
     @property
     def steps_per_rollout(self) -> int:
         """Optimizer steps made from one rollout."""
         return self.num_ppo_epochs * self.num_mini_batches
+
+
+# trl 1.12's PPOConfig declared the sizes it computed at run time as fields; here they are derived properties (or
+# TrainingArguments' own `world_size`). Passing one gets a message instead of "unexpected keyword argument".
+DERIVED_TRL112_FIELDS = {
+    "world_size": "the number of processes (TrainingArguments.world_size, from the launcher)",
+    "num_total_batches": "the number of rollouts, ceil(total_episodes / (local_batch_size × world_size))",
+    "micro_batch_size": "per_device_train_batch_size × world_size",
+    "local_batch_size": "per_device_train_batch_size × gradient_accumulation_steps × num_mini_batches",
+    "batch_size": "local_batch_size × world_size",
+    "local_mini_batch_size": "per_device_train_batch_size × gradient_accumulation_steps",
+    "mini_batch_size": "local_mini_batch_size × world_size",
+}
+_generated_init = PPOConfig.__init__
+
+
+def _init_refusing_derived_fields(self, *args, **kwargs):
+    derived = sorted(set(kwargs) & set(DERIVED_TRL112_FIELDS))
+    if derived:
+        raise ValueError(
+            "PPOConfig: " + "; ".join(f"`{k}` is derived ({DERIVED_TRL112_FIELDS[k]})" for k in derived)
+            + ". trl 1.12 computed these at run time too; remove them and set per_device_train_batch_size, "
+              "gradient_accumulation_steps, num_mini_batches or total_episodes instead.")
+    _generated_init(self, *args, **kwargs)
+
+
+_init_refusing_derived_fields.__signature__ = __import__("inspect").signature(_generated_init)
+PPOConfig.__init__ = _init_refusing_derived_fields

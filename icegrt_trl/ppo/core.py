@@ -205,16 +205,16 @@ def truncate_at_stop(responses: torch.Tensor, stop_token_ids: list[int], pad_tok
         torch.Tensor, torch.Tensor, torch.Tensor]:
     """Cut each response after its first stop token (kept), pad the rest.
 
-    Returns (responses, mask, ended) where ``ended`` says whether a stop token was produced. Rows without a stop
-    token end at their first pad (generation pads finished rows) or run to the full length.
+    Returns (responses, mask, ended) where ``ended`` says whether a stop token was produced. A row without a stop
+    token runs to the full length: generation pads only rows that have stopped, so a pad token inside such a row was
+    sampled by the policy (possible when pad ≠ stop) and is part of the response.
     """
     is_stop = torch.zeros_like(responses, dtype=torch.bool)
     for s in stop_token_ids:
         is_stop |= responses == s
     stop_at = first_true_indices(is_stop)
     ended = stop_at < responses.shape[1]
-    first_pad = first_true_indices(responses == pad_token_id)
-    length = torch.where(ended, stop_at + 1, first_pad)
+    length = torch.where(ended, stop_at + 1, responses.shape[1])
     idx = torch.arange(responses.shape[1], device=responses.device).expand_as(responses)
     mask = idx < length.unsqueeze(1)
     return torch.where(mask, responses, pad_token_id), mask.long(), ended

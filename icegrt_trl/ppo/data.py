@@ -12,6 +12,46 @@ def is_conversational_prompt(prompt) -> bool:
     return isinstance(prompt, list) and (not prompt or isinstance(prompt[0], dict))
 
 
+def special_tokens_added(tokenizer: PreTrainedTokenizerBase) -> tuple[bool, bool]:
+    """Whether ``tokenizer(text)`` adds a BOS at the start and an EOS at the end (Llama-family tokenizers add BOS)."""
+    cached = getattr(tokenizer, "_icegrt_special_tokens_added", None)
+    if cached is not None:
+        return cached
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    bos = tokenizer.bos_token_id is not None and len(full) > len(plain) and full[0] == tokenizer.bos_token_id
+    eos = tokenizer.eos_token_id is not None and len(full) > len(plain) and full[-1] == tokenizer.eos_token_id \
+        and (not plain or plain[-1] != tokenizer.eos_token_id)
+    try:
+        tokenizer._icegrt_special_tokens_added = (bos, eos)
+    except AttributeError:  # pragma: no cover - tokenizers that refuse new attributes
+        pass
+    return bos, eos
+
+
+def encode_text_prompt(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """Token ids of a plain-text prompt as the model saw text in training: with the BOS the tokenizer adds (TRL's
+    SFTTrainer tokenizes with special tokens), never with an EOS (a prompt does not end the sequence)."""
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    bos, _ = special_tokens_added(tokenizer)
+    return ([tokenizer.bos_token_id] + ids) if bos and (not ids or ids[0] != tokenizer.bos_token_id) else ids
+
+
+def decode_completions(tokenizer: PreTrainedTokenizerBase, prompt_ids: list[list[int]],
+                       completion_ids: list[list[int]]) -> list[str]:
+    """The text each completion adds to its prompt, exactly as the policy wrote it.
+
+    Decoding the completion's tokens alone loses or invents a leading space with SentencePiece and word-level
+    tokenizers; decoding prompt + completion and removing the decoded prompt keeps what was written.
+    """
+    out = []
+    for p, c in zip(prompt_ids, completion_ids):
+        prefix = tokenizer.decode(p, skip_special_tokens=True)
+        full = tokenizer.decode(list(p) + list(c), skip_special_tokens=True)
+        out.append(full[len(prefix):] if full.startswith(prefix) else tokenizer.decode(c, skip_special_tokens=True))
+    return out
+
+
 def prepare_prompt_dataset(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_prompt_length: int | None,
                            num_proc: int | None = None, name: str = "train_dataset") -> Dataset:
     """Add ``input_ids`` (and ``prompt`` text when only ids are given); truncate long prompts from the left."""
@@ -27,7 +67,7 @@ def prepare_prompt_dataset(dataset: Dataset, tokenizer: PreTrainedTokenizerBase,
             if is_conversational_prompt(p):
                 ids = tokenizer.apply_chat_template(p, tokenize=True, add_generation_prompt=True, return_dict=False)
             else:
-                ids = tokenizer(p, add_special_tokens=False)["input_ids"]
+                ids = encode_text_prompt(tokenizer, p)
             return {"input_ids": list(ids)}
 
         dataset = dataset.map(tokenize, num_proc=num_proc, desc=f"Tokenizing {name}")

@@ -3,7 +3,10 @@
 Under PEFT one base hosts everything: the policy adapter, a second adapter for the value model (plus its head),
 and the reference (adapters switched off). Adapters are switched by setting PEFT's per-layer active-adapter
 attributes directly, which — unlike ``set_adapter``/``disable_adapter`` — leaves ``requires_grad`` alone, so both
-adapters stay trainable by one optimizer.
+adapters stay trainable by one optimizer. The switch covers LoRA layers *and* ``modules_to_save`` copies.
+
+Activation checkpointing recomputes a layer's forward during backward, long after the adapter scope of that forward
+has closed: :func:`adapter_aware_checkpointing` makes each checkpointed layer replay the adapter state it ran with.
 """
 
 from __future__ import annotations
@@ -24,16 +27,28 @@ def is_peft_model(model) -> bool:
 
 
 def _tuner_layers(model) -> list:
+    """Every module whose active adapter can be switched: LoRA-style tuner layers and the wrappers of
+    ``modules_to_save`` / trainable tokens (both keep ``_active_adapter`` and ``_disable_adapters``)."""
     from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper
 
-    return [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    return [m for m in model.modules() if isinstance(m, (BaseTunerLayer, AuxiliaryTrainingWrapper))]
+
+
+def _adapter_state(layers: list) -> list:
+    return [(m._active_adapter, m._disable_adapters) for m in layers]
+
+
+def _set_adapter_state(layers: list, state: list) -> None:
+    for m, (active, disabled) in zip(layers, state):
+        m._active_adapter, m._disable_adapters = active, disabled
 
 
 @contextlib.contextmanager
 def adapter_scope(model, adapter_name: str | None, layers: list | None = None):
     """Run with only ``adapter_name`` active (``None``: all adapters off, the base model), then restore."""
     layers = layers if layers is not None else _tuner_layers(model)
-    saved = [(m._active_adapter, m._disable_adapters) for m in layers]
+    saved = _adapter_state(layers)
     try:
         for m in layers:
             if adapter_name is None:
@@ -42,8 +57,47 @@ def adapter_scope(model, adapter_name: str | None, layers: list | None = None):
                 m._active_adapter, m._disable_adapters = [adapter_name], False
         yield
     finally:
-        for m, (active, disabled) in zip(layers, saved):
-            m._active_adapter, m._disable_adapters = active, disabled
+        _set_adapter_state(layers, saved)
+
+
+def adapter_aware_checkpointing(model: nn.Module) -> int:
+    """Make every checkpointed layer of ``model`` recompute with the adapter state of its original forward.
+
+    transformers calls ``layer._gradient_checkpointing_func(forward, *args)``; the wrapper snapshots the layer's
+    adapter switches at that call and re-applies them around every run of ``forward`` (the first one and the
+    recomputation in backward), for reentrant and non-reentrant checkpointing alike. Without it the value adapter's
+    layers are recomputed with the policy adapter active: wrong value gradients, or (reentrant) the value loss
+    training the policy adapter. Returns the number of layers wrapped.
+    """
+    wrapped = 0
+    for module in model.modules():
+        fn = getattr(module, "_gradient_checkpointing_func", None)
+        if fn is None or getattr(fn, "_icegrt_adapter_aware", False):
+            continue
+        layers = _tuner_layers(module)
+        if not layers:
+            continue
+        module._gradient_checkpointing_func = _replaying(fn, layers)
+        wrapped += 1
+    return wrapped
+
+
+def _replaying(checkpoint_fn, layers: list):
+    def checkpoint_with_adapter_state(function, *args, **kwargs):
+        state = _adapter_state(layers)
+
+        def replay(*a, **k):
+            current = _adapter_state(layers)
+            _set_adapter_state(layers, state)
+            try:
+                return function(*a, **k)
+            finally:
+                _set_adapter_state(layers, current)
+
+        return checkpoint_fn(replay, *args, **kwargs)
+
+    checkpoint_with_adapter_state._icegrt_adapter_aware = True
+    return checkpoint_with_adapter_state
 
 
 def backbone_of(model: nn.Module) -> nn.Module:
@@ -138,12 +192,12 @@ class PolicyAndValue(nn.Module):
         return logits, values
 
     def _checkpointing(self, enable: bool, **kwargs):
-        seen = set()
+        done: list[nn.Module] = []
         for m in (self.policy, self.value_model.body()):
             base = m.get_base_model() if is_peft_model(m) else m
-            if id(base) in seen:
-                continue
-            seen.add(id(base))
+            if any(base is d or any(base is sub for sub in d.modules()) for d in done):
+                continue  # the shared backbone of a PEFT value adapter is part of the policy: enabled once
+            done.append(base)
             name = "activation_checkpointing" if hasattr(base, "activation_checkpointing_enable") \
                 else "gradient_checkpointing"
             fn = getattr(base, f"{name}_{'enable' if enable else 'disable'}", None)
@@ -151,6 +205,8 @@ class PolicyAndValue(nn.Module):
                 fn(**kwargs) if enable else fn()
             if enable and is_peft_model(m) and hasattr(base, "enable_input_require_grads"):
                 base.enable_input_require_grads()
+        if enable and is_peft_model(self.policy):  # after every enable: each one resets the checkpoint functions
+            adapter_aware_checkpointing(self.policy.get_base_model())
 
     def activation_checkpointing_enable(self, **kwargs):
         self._checkpointing(True, **kwargs)
@@ -160,6 +216,20 @@ class PolicyAndValue(nn.Module):
 
     gradient_checkpointing_enable = activation_checkpointing_enable
     gradient_checkpointing_disable = activation_checkpointing_disable
+
+
+def value_adapter_config(policy_config, peft_model):
+    """The value adapter's PEFT config: the policy's, minus ``modules_to_save`` entries naming the output embeddings
+    (the value model never reads the LM head; a trainable copy of it would get no gradient)."""
+    cfg = copy.deepcopy(policy_config)
+    if getattr(cfg, "modules_to_save", None):
+        base = peft_model.get_base_model()
+        out = base.get_output_embeddings()
+        heads = {n.split(".")[-1] for n, m in base.named_modules()
+                 if out is not None and (m is out or getattr(m, "original_module", None) is out)}
+        kept = [name for name in cfg.modules_to_save if name not in heads]
+        cfg.modules_to_save = kept or None
+    return cfg
 
 
 def make_reference(policy: nn.Module) -> nn.Module:

@@ -16,6 +16,8 @@ from typing import Any, Callable
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .data import special_tokens_added
+
 
 def _name(obj) -> str:
     if isinstance(obj, PreTrainedModel):
@@ -62,8 +64,10 @@ class ModelReward:
             if isinstance(prompt, list) and getattr(tok, "chat_template", None):
                 msgs = prompt + [{"role": "assistant", "content": completion.strip()}]
                 out.append(tok.apply_chat_template(msgs, tokenize=False))
-            else:
-                out.append(prompt_text + completion + ((tok.eos_token or "") if ended else ""))
+            else:  # the BOS a Llama-family tokenizer adds in training, never an EOS the policy did not write
+                bos = tok.bos_token if special_tokens_added(tok)[0] and not prompt_text.startswith(tok.bos_token) \
+                    else ""
+                out.append(bos + prompt_text + completion + ((tok.eos_token or "") if ended else ""))
         return out
 
     @torch.no_grad()

@@ -9,6 +9,7 @@ progress, ptx stream position) and a partly used rollout are saved with each che
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -20,7 +21,7 @@ from typing import Any, Callable
 import torch
 from datasets import Dataset
 from torch import nn
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 from transformers.trainer_utils import load_sharded_checkpoint
 from trl.trainer.base_trainer import _BaseTrainer
 from trl.trainer.utils import RepeatSampler, disable_dropout_in_model, entropy_from_logits, identity, \
@@ -29,14 +30,15 @@ from trl.trainer.utils import RepeatSampler, disable_dropout_in_model, entropy_f
 from ..plugins.registry import resolve_plugin
 from . import core
 from .config import PPOConfig
-from .data import is_conversational_prompt, prepare_prompt_dataset, prepare_ptx_rows
+from .data import decode_completions, is_conversational_prompt, prepare_prompt_dataset, prepare_ptx_rows
+from .generation import isolated_generation, log_ignored_generation_settings, rollout_generation_config
 from .modeling import PolicyAndValue, ValueModel, adapter_scope, backbone_of, is_peft_model, make_reference, \
-    new_value_head, position_ids_from
+    new_value_head, position_ids_from, value_adapter_config
 from .plugins import HOOK_NAMES, run_hooks
 from .rewards import build_reward_sources
 
 STATE_FILE = "icegrt_ppo_state.json"
-BUFFER_FILE = "icegrt_ppo_rollout.pt"
+BUFFER_FILE = "icegrt_ppo_rollout_rank{rank}.pt"  # one per process: each rank resumes its own half-used rollout
 VALUE_HEAD_FILE = "value_head.safetensors"
 VALUE_MODEL_DIR = "value_model"
 VALUE_ADAPTER = "value"
@@ -53,6 +55,24 @@ def _load_weights(model: nn.Module, folder: str) -> None:
             raise ValueError(f"Checkpoint {folder} does not match the model: missing {missing}, unexpected {unexpected}.")
     else:
         load_sharded_checkpoint(model, folder, strict=False)
+
+
+def response_logprobs(logits: torch.Tensor, responses: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log π(token) under ``logits / temperature``, in fp32 whatever the logits' dtype (one recipe for the rollout,
+    the reference and the training forward, so that equal logits give bit-equal log-probs)."""
+    return selective_log_softmax(logits.float() / (temperature + 1e-7), responses)
+
+
+def split_wrapper_state_dict(state_dict: dict) -> dict[str, dict]:
+    """Split a consolidated ``PolicyAndValue`` state dict into ``policy``, ``head`` and ``backbone`` parts."""
+    prefixes = {"policy": "policy.", "head": "value_model.head.", "backbone": "value_model.backbone."}
+    parts: dict[str, dict] = {}
+    for key, value in state_dict.items():
+        for part, prefix in prefixes.items():
+            if key.startswith(prefix):
+                parts.setdefault(part, {})[key[len(prefix):]] = value
+                break
+    return parts
 
 
 _TENSOR_KEYS = ("query_responses", "query_response_mask", "responses", "response_mask", "logprobs",
@@ -113,7 +133,12 @@ class PPOTrainer(_BaseTrainer):
                 raise ValueError("The tokenizer has neither a pad token nor an EOS token.")
             warnings.warn("The tokenizer has no pad token; using its EOS token as pad token.", stacklevel=2)
             tok.pad_token = tok.eos_token
-        self.args_ppo = args
+        for name in ("sft_model_path", "reward_model_path"):
+            if getattr(args, name) is not None:
+                warnings.warn(
+                    f"PPOConfig.{name}={getattr(args, name)!r} is ignored by PPOTrainer (as by trl 1.12's, where only "
+                    "the example script read it): pass the models as PPOTrainer(model=..., reward_model=...). The "
+                    "recipe's ppo stage reads it.", stacklevel=2)
         world = args.world_size
         self._validate_sizes(args, train_dataset, world)
 
@@ -138,8 +163,7 @@ class PPOTrainer(_BaseTrainer):
         if value_model is not None:
             value = ValueModel.from_model(value_model, args.value_head_init_std)
         elif self.is_peft:
-            cfg = copy.deepcopy(model.peft_config[policy_adapter])
-            model.add_adapter(VALUE_ADAPTER, cfg)
+            model.add_adapter(VALUE_ADAPTER, value_adapter_config(model.peft_config[policy_adapter], model))
             head = new_value_head(hidden, args.value_head_init_std).to(device_ref)
             value = ValueModel(backbone_of(model), head, adapter=VALUE_ADAPTER, peft_model=model)
         else:
@@ -186,7 +210,8 @@ class PPOTrainer(_BaseTrainer):
             eval_dataset = prepare_prompt_dataset(eval_dataset, tok, max_prompt, args.dataset_num_proc,
                                                   name="eval_dataset")
         if self.ptx is not None:
-            self.ptx.set_data(prepare_ptx_rows(ptx_dataset, tok, max_pos or 2048))
+            self.ptx.set_data(prepare_ptx_rows(ptx_dataset, tok, max_pos or 2048), rank=args.process_index,
+                              world=world)
 
         # ---- schedule: optimizer steps from total_episodes (episodes = generated sequences)
         global_batch = args.local_batch_size * world
@@ -200,20 +225,41 @@ class PPOTrainer(_BaseTrainer):
         self.micro_steps_per_rollout = args.steps_per_rollout * args.gradient_accumulation_steps
         self.micro_steps_per_epoch = args.num_mini_batches * args.gradient_accumulation_steps
         self.stop_token_ids = self._stop_token_ids(args, tok, model)
+        gen = dict(max_new_tokens=args.response_length, pad_token_id=tok.pad_token_id,
+                   stop_token_ids=self.stop_token_ids)
+        self.generation_config = rollout_generation_config(do_sample=True, temperature=args.temperature,
+                                                           top_p=args.top_p, top_k=args.top_k, **gen)
+        self.greedy_generation_config = rollout_generation_config(do_sample=False, **gen)
+        self.ignored_generation_settings = log_ignored_generation_settings(model, self.generation_config)
 
         self._buffer: dict | None = None
         self._step: int | None = None
+        self._rollouts_done = 0
         self._metrics: dict[str, list[float]] = defaultdict(list)
         self._rollout_metrics: dict[str, float] = {}
         self.sample_generations: list[dict] = []
         super().__init__(model=wrapper, args=args, data_collator=identity, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=tok, callbacks=callbacks, optimizers=optimizers)
-        dev = self.accelerator.device
         if self.ref_model is not None:
-            self.ref_model.to(dev) if not getattr(self.ref_model, "is_loaded_in_4bit", False) else None
+            self.ref_model = self._prepare_frozen(self.ref_model)
         for s in self.reward_sources:
-            if hasattr(s, "model") and not getattr(s.model, "is_loaded_in_4bit", False):
-                s.model.to(dev)
+            if hasattr(s, "model"):
+                s.model = self._prepare_frozen(s.model)
+
+    def _prepare_frozen(self, model: nn.Module) -> nn.Module:
+        """Reference and reward models: sharded/offloaded like the policy under DeepSpeed and FSDP (not a full
+        copy per GPU), moved to the device otherwise (a 4-bit model is already placed)."""
+        if self.is_deepspeed_enabled:
+            from trl.models import prepare_deepspeed
+
+            return prepare_deepspeed(model, self.accelerator)
+        if self.is_fsdp_enabled:
+            from trl.models import prepare_fsdp
+
+            return prepare_fsdp(model, self.accelerator)
+        if not getattr(model, "is_loaded_in_4bit", False) and not getattr(model, "is_loaded_in_8bit", False):
+            model.to(self.accelerator.device)
+        return model
 
     # ------------------------------------------------------------------ set-up helpers
     @staticmethod
@@ -311,11 +357,16 @@ class PPOTrainer(_BaseTrainer):
         if w.value_model.adapter is not None:
             tag = f".{w.value_model.adapter}."
             value_ids |= {id(p) for n, p in w.policy.named_parameters() if tag in n}
-        params = [p for p in w.parameters() if p.requires_grad]
+        decay = set(self.get_decay_parameter_names(w))  # Trainer's split: no decay on biases and norms
+        named = [(n, p) for n, p in w.named_parameters() if p.requires_grad]
         cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, w)
         kwargs.pop("lr", None)
-        groups = [{"params": [p for p in params if id(p) not in value_ids], "lr": self.args.learning_rate},
-                  {"params": [p for p in params if id(p) in value_ids], "lr": self.args.value_learning_rate}]
+        groups = []
+        for is_value, lr in ((False, self.args.learning_rate), (True, self.args.value_learning_rate)):
+            for decayed in (True, False):
+                params = [p for n, p in named if (id(p) in value_ids) == is_value and (n in decay) == decayed]
+                groups.append({"params": params, "lr": lr,
+                               "weight_decay": self.args.weight_decay if decayed else 0.0})
         self.optimizer = cls([g for g in groups if g["params"]], **kwargs)
         return self.optimizer
 
@@ -352,17 +403,36 @@ class PPOTrainer(_BaseTrainer):
     def _ref_scope(self):
         return adapter_scope(self._unwrapped().policy, self.args.ref_adapter_name)
 
+    @contextlib.contextmanager
+    def _gathered_for_generation(self):
+        """Under DeepSpeed ZeRO-3, gather the sharded parameters once for the whole generation
+        (``ds3_gather_for_generation``, as trl 1.12); elsewhere nothing to do."""
+        from trl.distributed import DistributedBackend
+
+        if not (self.is_deepspeed_enabled and DistributedBackend(self.accelerator).is_zero3
+                and self.args.ds3_gather_for_generation):
+            yield
+            return
+        import deepspeed
+        from trl.models.utils import add_hooks, remove_hooks
+
+        with deepspeed.zero.GatheredParameters(self.model_wrapped.parameters()):
+            remove_hooks(self.model_wrapped)
+            try:
+                yield
+            finally:
+                add_hooks(self.model_wrapped)
+
     @torch.no_grad()
-    def _generate(self, wrapper: PolicyAndValue, queries: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
+    def _generate(self, wrapper: PolicyAndValue, queries: torch.Tensor, query_mask: torch.Tensor,
+                  greedy: bool = False) -> torch.Tensor:
+        """Responses ``[B, response_length]`` (right-padded) from the policy, with PPOConfig's sampling settings only
+        (the model's own generation_config is set aside, see :mod:`icegrt_trl.ppo.generation`)."""
         args, tok = self.args, self.processing_class
-        gen = GenerationConfig(
-            max_new_tokens=args.response_length, do_sample=True, temperature=args.temperature, top_p=args.top_p,
-            top_k=args.top_k, pad_token_id=tok.pad_token_id, eos_token_id=self.stop_token_ids or None,
-            use_cache=True, bos_token_id=tok.bos_token_id,
-        )
+        gen = self.greedy_generation_config if greedy else self.generation_config
         out = []
         bs = args.local_rollout_forward_batch_size
-        with wrapper.policy_scope():
+        with wrapper.policy_scope(), isolated_generation(wrapper.policy), self._gathered_for_generation():
             for i in range(0, queries.shape[0], bs):
                 seq = wrapper.policy.generate(input_ids=queries[i:i + bs], attention_mask=query_mask[i:i + bs],
                                               generation_config=gen)
@@ -381,9 +451,9 @@ class PPOTrainer(_BaseTrainer):
             ids, m = qr[i:i + bs], mask[i:i + bs]
             pos = position_ids_from(m)
             logits, values = wrapper(ids, m, pos)
-            logits = logits[:, context_length - 1:-1] / (args.temperature + 1e-7)
-            lps.append(selective_log_softmax(logits, responses[i:i + bs]))
-            ents.append(entropy_from_logits(logits))
+            logits = logits[:, context_length - 1:-1]
+            lps.append(response_logprobs(logits, responses[i:i + bs], args.temperature))
+            ents.append(entropy_from_logits(logits.float() / (args.temperature + 1e-7)))
             vals.append(values[:, context_length - 1:-1].float())
             if self.ref_model is not None:
                 ref_logits = self.ref_model(input_ids=ids, attention_mask=m, position_ids=pos, use_cache=False).logits
@@ -391,15 +461,17 @@ class PPOTrainer(_BaseTrainer):
                 with self._ref_scope():
                     ref_logits = wrapper.policy(input_ids=ids, attention_mask=m, position_ids=pos,
                                                 use_cache=False).logits
-            ref_logits = ref_logits[:, context_length - 1:-1] / (args.temperature + 1e-7)
-            refs.append(selective_log_softmax(ref_logits, responses[i:i + bs]))
+            refs.append(response_logprobs(ref_logits[:, context_length - 1:-1], responses[i:i + bs],
+                                          args.temperature))
         return torch.cat(lps).float(), torch.cat(refs).float(), torch.cat(vals), torch.cat(ents).float()
 
-    def _score(self, batch: dict) -> torch.Tensor:
+    def _score(self, batch: dict, record: bool = False) -> torch.Tensor:
+        """Weighted sum of the reward sources (``record``: log each source's mean as ``rewards/<name>/mean``)."""
         total = torch.zeros(len(batch["prompts"]), device=batch["scores_device"])
         for w, source in zip(self.reward_weights, self.reward_sources):
             s = source(batch)
-            self._rollout_metrics[f"rewards/{source.name}/mean"] = self._mean_all(s)
+            if record:
+                self._rollout_metrics[f"rewards/{source.name}/mean"] = self._mean_all(s)
             total = total + w * s
         return total
 
@@ -408,14 +480,10 @@ class PPOTrainer(_BaseTrainer):
             float(t.numel()), dtype=torch.float64, device=t.device)]))
         return (s[0] / s[1].clamp(min=1)).item()
 
-    @torch.no_grad()
-    def _rollout(self, rows: list[dict]) -> dict:
-        args, tok, device = self.args, self.processing_class, self.accelerator.device
-        wrapper = self._unwrapped()
-        was_training = wrapper.training
-        wrapper.eval()
-        k = args.num_samples_per_prompt
-        rows = [r for r in rows for _ in range(k)]
+    def _sample_batch(self, rows: list[dict], greedy: bool = False) -> dict:
+        """Generate responses to ``rows`` and describe them the way reward sources read them (one path for the
+        rollout, ``evaluate`` and sample logs): left-padded queries, truncated responses, exact completion texts."""
+        tok, device, wrapper = self.processing_class, self.accelerator.device, self._unwrapped()
         width = max(len(r["input_ids"]) for r in rows)
         queries = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
         qmask = torch.zeros_like(queries)
@@ -423,32 +491,50 @@ class PPOTrainer(_BaseTrainer):
             queries[i, width - len(r["input_ids"]):] = torch.tensor(r["input_ids"])
             qmask[i, width - len(r["input_ids"]):] = 1
         queries, qmask = queries.to(device), qmask.to(device)
-        responses = self._generate(wrapper, queries, qmask)
+        responses = self._generate(wrapper, queries, qmask, greedy=greedy)
         responses, rmask, ended = core.truncate_at_stop(responses, self.stop_token_ids, tok.pad_token_id)
-        qr = torch.cat([queries, responses], 1)
-        qr_mask = torch.cat([qmask, rmask], 1)
-        logprobs, ref_logprobs, values, entropies = self._forward_logprobs_values(wrapper, qr, qr_mask, width,
-                                                                                  responses)
-        maskf = rmask.float()
-        logprobs, ref_logprobs, values = logprobs * maskf, ref_logprobs * maskf, values * maskf
-        texts = tok.batch_decode(torch.where(rmask.bool(), responses, tok.pad_token_id), skip_special_tokens=True)
-        texts = [" " + t if t and not t.startswith(" ") else t for t in texts]
+        completion_ids = [resp[: int(n)].tolist() for resp, n in zip(responses, rmask.sum(1))]
+        texts = decode_completions(tok, [list(r["input_ids"]) for r in rows], completion_ids)
         prompts = [r["prompt"] for r in rows]
         conv = is_conversational_prompt(prompts[0])
         extra_cols = [c for c in rows[0] if c not in ("prompt", "input_ids")]
-        batch = {
+        return {
             "prompts": prompts, "prompt_texts": [p if isinstance(p, str) else tok.decode(r["input_ids"])
                                                  for p, r in zip(prompts, rows)],
             "completions_text": texts,
             "completions": [[{"role": "assistant", "content": t.strip()}] for t in texts] if conv else texts,
-            "completion_ids": [resp[: int(n)].tolist() for resp, n in zip(responses, rmask.sum(1))],
+            "completion_ids": completion_ids,
             "columns": {c: [r[c] for r in rows] for c in extra_cols}, "trainer_state": self.state,
             "scores_device": device, "ended": ended, "context_length": width,
-            "query_responses": qr, "query_response_mask": qr_mask, "responses": responses, "response_mask": rmask,
-            "logprobs": logprobs, "ref_logprobs": ref_logprobs, "values": values,
+            "query_responses": torch.cat([queries, responses], 1),
+            "query_response_mask": torch.cat([qmask, rmask], 1), "responses": responses, "response_mask": rmask,
         }
+
+    @torch.no_grad()
+    def _rollout(self, rows: list[dict]) -> dict:
+        # One autocast for every forward of the rollout (generation, policy, reference, value, reward) and of
+        # training (compute_loss): with policy = reference the step-0 KL is then exactly 0 under bf16.
+        wrapper = self._unwrapped()
+        was_training = wrapper.training
+        wrapper.eval()
+        try:
+            with self.accelerator.autocast():
+                return self._rollout_in_eval(wrapper, rows)
+        finally:
+            wrapper.train(was_training)
+
+    def _rollout_in_eval(self, wrapper: PolicyAndValue, rows: list[dict]) -> dict:
+        args, tok, device = self.args, self.processing_class, self.accelerator.device
+        k = args.num_samples_per_prompt
+        rows = [r for r in rows for _ in range(k)]
+        batch = self._sample_batch(rows)
+        width, rmask = batch["context_length"], batch["response_mask"]
+        logprobs, ref_logprobs, values, entropies = self._forward_logprobs_values(
+            wrapper, batch["query_responses"], batch["query_response_mask"], width, batch["responses"])
+        maskf = rmask.float()
+        batch.update(logprobs=logprobs * maskf, ref_logprobs=ref_logprobs * maskf, values=values * maskf)
         batch = run_hooks(self.hooks, "on_rollout", batch, self)
-        scores = self._score(batch)
+        scores = self._score(batch, record=True)
         if args.missing_eos_penalty is not None:
             scores = torch.where(batch["ended"], scores, scores - args.missing_eos_penalty)
         batch["scores"] = scores
@@ -459,9 +545,8 @@ class PPOTrainer(_BaseTrainer):
         kl = core.kl_estimate(batch["logprobs"], batch["ref_logprobs"], args.kl_estimator) * maskf
         beta = self.kl_ctl.value
         in_reward = args.kl_penalty == "reward"
-        rewards, non_score = core.token_level_rewards(batch["scaled_scores"], kl, maskf, beta if in_reward else 0.0)
-        non_score = -beta * kl
-        batch.update(rewards=rewards, kl=kl, non_score_rewards=non_score, kl_coef=beta)
+        rewards, _ = core.token_level_rewards(batch["scaled_scores"], kl, maskf, beta if in_reward else 0.0)
+        batch.update(rewards=rewards, kl=kl, non_score_rewards=-beta * kl, kl_coef=beta)
         batch = run_hooks(self.hooks, "on_rewards", batch, self)
         rewards = batch["rewards"]
         if args.whiten_rewards:
@@ -491,11 +576,10 @@ class PPOTrainer(_BaseTrainer):
         m["objective/response_length"] = self._mean_all(maskf.sum(1))
         m["val/num_eos_tokens"] = self._all_reduce_sum((batch["responses"] == eos).sum().double()).item()
         m["val/mean_value"] = self._mean_all(core.masked_mean(batch["values"], maskf, dim=1))
-        self._rollouts_done = getattr(self, "_rollouts_done", 0) + 1
+        self._rollouts_done += 1
         m["episode"] = (self.state.global_step // self.args.steps_per_rollout + 1) * self.args.local_batch_size * \
             self.accelerator.num_processes
         self._maybe_sample_generations()
-        wrapper.train(was_training)
         keep = {key: batch[key] for key in _TENSOR_KEYS}
         keep.update(perms=batch["perms"], context_length=batch["context_length"])
         self._last_rollout = batch  # for inspection by hooks/tests; not checkpointed
@@ -503,6 +587,10 @@ class PPOTrainer(_BaseTrainer):
 
     # ------------------------------------------------------------------ losses
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        with self.accelerator.autocast():  # the rollout's autocast (see _rollout), also for the ptx forward
+            return self._ppo_loss(model, inputs)
+
+    def _ppo_loss(self, model, inputs) -> torch.Tensor:
         args = self.args
         c = inputs["context_length"]
         mask = inputs["response_mask"].float()
@@ -514,8 +602,8 @@ class PPOTrainer(_BaseTrainer):
         self._metrics["loss/value_avg"].append(vf_loss.item())
         self._metrics["val/clipfrac_avg"].append(vstats["clipfrac"].item())
         if not warm:
-            logits = logits[:, c - 1:-1].float() / (args.temperature + 1e-7)
-            new_logprobs = selective_log_softmax(logits, inputs["responses"])
+            logits = logits[:, c - 1:-1]
+            new_logprobs = response_logprobs(logits, inputs["responses"], args.temperature)
             pg_loss, pstats = core.policy_loss(new_logprobs, inputs["logprobs"], inputs["advantages"], mask,
                                                args.cliprange)
             loss = loss + pg_loss
@@ -527,7 +615,7 @@ class PPOTrainer(_BaseTrainer):
             if self.ptx is not None:
                 loss = loss + self.ptx.coef * self._ptx_loss(model)
             with torch.no_grad():
-                ent = core.masked_mean(entropy_from_logits(logits.detach()), mask)
+                ent = core.masked_mean(entropy_from_logits(logits.detach().float() / (args.temperature + 1e-7)), mask)
             self._metrics["loss/policy_avg"].append(pg_loss.item())
             self._metrics["policy/clipfrac_avg"].append(pstats["clipfrac"].item())
             self._metrics["policy/approxkl_avg"].append(pstats["approxkl"].item())
@@ -581,31 +669,8 @@ class PPOTrainer(_BaseTrainer):
     @torch.no_grad()
     def _greedy_rollout(self, rows: list[dict]) -> dict:
         """Greedy responses to `rows` as a batch the reward sources read (token ids and decoded text)."""
-        tok, wrapper, device = self.processing_class, self._unwrapped(), self.accelerator.device
-        width = max(len(r["input_ids"]) for r in rows)
-        q = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
-        m = torch.zeros_like(q)
-        for j, r in enumerate(rows):  # left padding, one width for all rows
-            q[j, width - len(r["input_ids"]):] = torch.tensor(r["input_ids"])
-            m[j, width - len(r["input_ids"]):] = 1
-        q, m = q.to(device), m.to(device)
-        gen = GenerationConfig(max_new_tokens=self.args.response_length, do_sample=False,
-                               pad_token_id=tok.pad_token_id, eos_token_id=self.stop_token_ids or None)
-        responses = []
-        bs = self.args.local_rollout_forward_batch_size
-        with wrapper.policy_scope():
-            for i in range(0, len(rows), bs):
-                resp = wrapper.policy.generate(input_ids=q[i:i + bs], attention_mask=m[i:i + bs],
-                                               generation_config=gen)[:, width:]
-                pad = self.args.response_length - resp.shape[1]
-                responses.append(nn.functional.pad(resp, (0, pad), value=tok.pad_token_id) if pad > 0 else resp)
-        resp, rmask, ended = core.truncate_at_stop(torch.cat(responses), self.stop_token_ids, tok.pad_token_id)
-        texts = [" " + t if t and not t.startswith(" ") else t
-                 for t in tok.batch_decode(resp, skip_special_tokens=True)]
-        return {"query_responses": torch.cat([q, resp], 1), "query_response_mask": torch.cat([m, rmask], 1),
-                "responses": resp, "response_mask": rmask, "ended": ended, "context_length": width,
-                "completions_text": texts,
-                "completion_ids": [r[: int(n)].tolist() for r, n in zip(resp, rmask.sum(1))]}
+        with self.accelerator.autocast():
+            return self._sample_batch(rows, greedy=True)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """Mean (weighted) reward of greedy completions on the eval prompts."""
@@ -619,18 +684,8 @@ class PPOTrainer(_BaseTrainer):
         self._unwrapped().eval()
         try:
             batch = self._greedy_rollout(rows)
-            texts = batch["completions_text"]
-            prompts = [r["prompt"] for r in rows]
-            conv = is_conversational_prompt(prompts[0])
-            batch.update({"prompts": prompts,
-                          "prompt_texts": [p if isinstance(p, str) else self.processing_class.decode(r["input_ids"])
-                                           for p, r in zip(prompts, rows)],
-                          "completions": [[{"role": "assistant", "content": t.strip()}] for t in texts] if conv
-                          else texts,
-                          "columns": {}, "trainer_state": self.state, "scores_device": self.accelerator.device})
-            total = torch.zeros(len(rows), device=self.accelerator.device)
-            for w, s in zip(self.reward_weights, self.reward_sources):
-                total = total + w * s(batch)
+            with torch.no_grad(), self.accelerator.autocast():
+                total = self._score(batch)
             metrics = {f"{metric_key_prefix}_objective/scores": self._mean_all(total)}
         finally:
             self._unwrapped().train(was)
@@ -642,22 +697,27 @@ class PPOTrainer(_BaseTrainer):
         return {name: p.state_dict() for name, p in self.plugins.items() if hasattr(p, "state_dict")}
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """Write policy (adapters under PEFT; `value/` holds the value adapter), value head, value backbone (without
+        PEFT), tokenizer, plugin state and model card. ``state_dict`` is the consolidated state Trainer passes under
+        DeepSpeed ZeRO-3 and FSDP (the live modules hold only shards there); it is split by module and saved."""
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
         from safetensors.torch import save_file
 
         w = self._unwrapped()
-        w.policy.save_pretrained(output_dir, safe_serialization=True)  # PEFT: every adapter; `value/` holds ours
-        head = {k: v.detach().contiguous().cpu() for k, v in w.value_model.head.state_dict().items()}
-        save_file(head, os.path.join(output_dir, VALUE_HEAD_FILE))
+        parts = split_wrapper_state_dict(state_dict) if state_dict is not None else {}
+        w.policy.save_pretrained(output_dir, safe_serialization=True, state_dict=parts.get("policy"))
+        head = parts.get("head") or w.value_model.head.state_dict()
+        save_file({k: v.detach().contiguous().cpu() for k, v in head.items()}, os.path.join(output_dir, VALUE_HEAD_FILE))
         if w.value_model.adapter is None:
-            w.value_model.backbone.save_pretrained(os.path.join(output_dir, VALUE_MODEL_DIR), safe_serialization=True)
+            w.value_model.backbone.save_pretrained(os.path.join(output_dir, VALUE_MODEL_DIR), safe_serialization=True,
+                                                   state_dict=parts.get("backbone"))
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
         with open(os.path.join(output_dir, STATE_FILE), "w") as f:
             json.dump({"plugins": self.plugin_state(), "global_step": self.state.global_step,
-                       "rollout_metrics": self._rollout_metrics}, f, indent=1)
+                       "rollouts_done": self._rollouts_done, "rollout_metrics": self._rollout_metrics}, f, indent=1)
         self._write_model_card(output_dir)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
@@ -677,13 +737,50 @@ class PPOTrainer(_BaseTrainer):
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
         folder = os.path.join(self._get_output_dir(trial), f"checkpoint-{self.state.global_step}")
-        if self.args.should_save and os.path.isdir(folder) and self._buffer is not None and \
-                self._step % self.micro_steps_per_rollout != 0:
+        if self._buffer is not None and self._step % self.micro_steps_per_rollout != 0:
+            # every process saves the half-used rollout it generated (its own prompts and samples)
+            os.makedirs(folder, exist_ok=True)
             torch.save({k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in self._buffer.items()
                         if k != "perms"} | {"perms": [p.cpu() for p in self._buffer["perms"]]},
-                       os.path.join(folder, BUFFER_FILE))
+                       os.path.join(folder, BUFFER_FILE.format(rank=self.accelerator.process_index)))
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None,
+              **kwargs):
+        """``Trainer.train``; on resume the PPO state (plugins, rollout count, this process's half-used rollout) is
+        restored here, a path every backend takes (under DeepSpeed Trainer never calls ``_load_from_checkpoint``)."""
+        ckpt = resume_from_checkpoint
+        if ckpt is True:
+            from transformers.trainer_utils import get_last_checkpoint
+
+            ckpt = get_last_checkpoint(self.args.output_dir) or True  # True: Trainer raises its own error
+        if isinstance(ckpt, str):
+            self._restore_ppo_state(ckpt)
+        return super().train(resume_from_checkpoint=ckpt, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval,
+                             **kwargs)
+
+    def _restore_ppo_state(self, ckpt: str) -> None:
+        state_path = os.path.join(ckpt, STATE_FILE)
+        if os.path.exists(state_path):
+            with open(state_path) as f:
+                state = json.load(f)
+            saved = state["plugins"]
+            self._rollout_metrics = dict(state.get("rollout_metrics", {}))  # metrics of the rollout in use
+            self._rollouts_done = int(state.get("rollouts_done", 0))
+            for name, p in self.plugins.items():
+                if name in saved:
+                    p.load_state_dict(saved[name])
+        buf = os.path.join(ckpt, BUFFER_FILE.format(rank=self.accelerator.process_index))
+        self._step = None
+        if os.path.exists(buf):
+            data = torch.load(buf, weights_only=False)
+            dev = self.accelerator.device
+            self._buffer = {k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in data.items()}
+            self._buffer["perms"] = [p.to(dev) for p in data["perms"]]
+        else:
+            self._buffer = None
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """Model weights from our checkpoint layout (without DeepSpeed; its engine restores its own)."""
         from safetensors.torch import load_file
 
         w = self._unwrapped()
@@ -701,24 +798,6 @@ class PPOTrainer(_BaseTrainer):
         w.value_model.head.load_state_dict(load_file(os.path.join(ckpt, VALUE_HEAD_FILE)))
         if w.value_model.adapter is None:
             _load_weights(w.value_model.backbone, os.path.join(ckpt, VALUE_MODEL_DIR))
-        state_path = os.path.join(ckpt, STATE_FILE)
-        if os.path.exists(state_path):
-            with open(state_path) as f:
-                state = json.load(f)
-            saved = state["plugins"]
-            self._rollout_metrics = dict(state.get("rollout_metrics", {}))  # metrics of the rollout in use
-            for name, p in self.plugins.items():
-                if name in saved:
-                    p.load_state_dict(saved[name])
-        buf = os.path.join(ckpt, BUFFER_FILE)
-        self._step = None
-        if os.path.exists(buf):
-            data = torch.load(buf, weights_only=False)
-            dev = self.accelerator.device
-            self._buffer = {k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in data.items()}
-            self._buffer["perms"] = [p.to(dev) for p in data["perms"]]
-        else:
-            self._buffer = None
 
     def _write_model_card(self, output_dir: str) -> None:
         if not self.is_world_process_zero():

