@@ -63,7 +63,7 @@ def run_arm(arm: str, seed: int, steps: int, work: Path, reward: str = "gold") -
     model, tok = sft_policy(seed, work / f"sft-{seed}")
     before = mean_gold_score(model, tok, data["eval"]["prompt"])
     args = PPOConfig(output_dir=str(work / f"{arm}-{seed}"), use_cpu=True, bf16=False, report_to=[],
-                     per_device_train_batch_size=32, num_mini_batches=2, gradient_accumulation_steps=1, num_ppo_epochs=2, max_steps=steps,
+                     per_device_train_batch_size=64, num_mini_batches=2, gradient_accumulation_steps=1, num_ppo_epochs=2, max_steps=steps,
                      learning_rate=1e-4, value_learning_rate=1e-3, lr_scheduler_type="constant", response_length=12, temperature=1.0,
                      stop_token="eos", save_strategy="no", gradient_checkpointing=False, disable_tqdm=True,
                      num_sample_generations=0, logging_steps=4, seed=seed, **ARMS[arm])

@@ -105,17 +105,20 @@ def test_truncate_at_stop():
     assert core.last_token_index(mask).tolist() == [1, 3, 3]
 
 
-def test_rollout_sizes_keep_trainer_meaning_of_gradient_accumulation():
-    """A mini-batch = GA micro-batches = one optimizer step; a rollout = num_mini_batches mini-batches; the user's
-    gradient_accumulation_steps is left as given (docs/migrating.md has the table against trl 1.12)."""
+def test_rollout_sizes_match_trl112_where_it_was_coherent():
+    """A rollout = per_device × GA sequences (trl 1.12); each pass = num_mini_batches optimizer steps, each of GA
+    micro-batches of per_device / num_mini_batches sequences; the user's fields are left as given
+    (benchmarks/trl112_batch_semantics.py measures trl 1.12 itself, docs/migrating.md has the table)."""
     from icegrt_trl import PPOConfig
 
     args = PPOConfig(output_dir="/tmp/unused", per_device_train_batch_size=8, gradient_accumulation_steps=4,
                      num_mini_batches=2, num_ppo_epochs=3, use_cpu=True, bf16=False)
-    assert args.gradient_accumulation_steps == 4  # not rewritten
-    assert args.local_mini_batch_size == 32  # one optimizer step: 8 × 4
-    assert args.local_batch_size == 64  # the rollout: 2 mini-batches
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps, args.num_mini_batches) == (8, 4, 2)
+    assert args.local_batch_size == 32  # the rollout: 8 × 4
+    assert args.local_mini_batch_size == 16  # one optimizer step: 32 / 2
+    assert args.local_micro_batch_size == 4  # one forward/backward: 8 / 2, accumulated 4 times
     assert args.steps_per_rollout == 6  # 3 epochs × 2 mini-batches
-    # mini-batches need not divide gradient_accumulation_steps any more (trl 1.12 had no such rule either)
-    assert PPOConfig(output_dir="/tmp/unused", gradient_accumulation_steps=2, num_mini_batches=3, use_cpu=True,
-                     bf16=False).steps_per_rollout == 4 * 3
+    # trl 1.12 with GA = 1: a rollout of per_device sequences, num_mini_batches steps of per_device / nmb
+    one = PPOConfig(output_dir="/tmp/unused", per_device_train_batch_size=8, num_mini_batches=4, use_cpu=True,
+                    bf16=False)
+    assert (one.local_batch_size, one.local_mini_batch_size, one.local_micro_batch_size) == (8, 2, 2)

@@ -206,3 +206,43 @@ def test_completion_text_is_what_the_policy_wrote():
     assert decode_completions(tok, [prompt], [completion]) == [" 1 2 3"]
     assert tok.decode(prompt) + decode_completions(tok, [prompt], [completion])[0] == \
         tok.decode(prompt + completion, skip_special_tokens=True)
+
+
+# ---------------------------------------------------------------- 5. every backend: saving and restoring PPO state
+def test_save_writes_the_consolidated_state_dict_trainer_passes(tmp_path, prompts):
+    """Under ZeRO-3 / FSDP the live modules hold shards; Trainer passes the gathered state dict to `_save`."""
+    from safetensors.torch import load_file
+
+    tok = build_tokenizer()
+    t = PPOTrainer(args=cfg(tmp_path), processing_class=tok, model=tiny_causal_lm("llama", tok, **SMALL),
+                   reward_model=gold_reward, train_dataset=prompts)
+    gathered = {k: torch.full_like(v, 0.25) for k, v in t.model.state_dict().items()}
+    t._save(str(tmp_path / "out"), state_dict=gathered)
+    policy = load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert policy and all(torch.all(v == 0.25) for v in policy.values())
+    head = load_file(str(tmp_path / "out" / "value_head.safetensors"))
+    assert all(torch.all(v == 0.25) for v in head.values())
+    backbone = load_file(str(tmp_path / "out" / "value_model" / "model.safetensors"))
+    assert backbone and all(torch.all(v == 0.25) for v in backbone.values())
+    live = t.model.policy.state_dict()
+    assert not all(torch.all(v == 0.25) for v in live.values())  # the modules themselves were not touched
+
+
+def test_resume_restores_ppo_state_without_load_from_checkpoint(tmp_path, prompts, monkeypatch):
+    """Under DeepSpeed, Trainer restores weights through the engine and never calls `_load_from_checkpoint`: the PPO
+    state (KL coefficient, reward moments, warm-up, rollouts done, half-used rollout) comes back through `train()`."""
+    tok = build_tokenizer()
+    kw = dict(kl_controller="adaptive", kl_target=0.1, kl_horizon=50, reward_scaling="running_meanstd",
+              value_warmup_steps=3, max_steps=3, save_strategy="steps", save_steps=3)
+    full = PPOTrainer(args=cfg(tmp_path / "a", **kw), processing_class=tok,
+                      model=tiny_causal_lm("llama", tok, **SMALL), reward_model=gold_reward, train_dataset=prompts)
+    full.train()
+    resumed = PPOTrainer(args=cfg(tmp_path / "b", **{**kw, "max_steps": 3}), processing_class=tok,
+                         model=tiny_causal_lm("llama", tok, **SMALL), reward_model=gold_reward,
+                         train_dataset=prompts)
+    monkeypatch.setattr(resumed, "_load_from_checkpoint", lambda *a, **k: None)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-3"))
+    assert resumed.kl_ctl.value == full.kl_ctl.value != 0.05
+    assert resumed.reward_scaler.state_dict() == full.reward_scaler.state_dict()
+    assert resumed.value_warmup.done == 3 and resumed._rollouts_done == full._rollouts_done == 2
+    assert resumed._buffer is not None  # checkpoint-3 lies inside the second rollout: its rollout came back

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).parent / "scripts" / "ppo_two_processes.py"
 
 
@@ -29,3 +31,27 @@ def test_two_process_run_keeps_replicas_and_plugin_state_in_sync(tmp_path):
     assert rank0["reward_moments"] == rank1["reward_moments"]
     assert rank0["reward_moments"]["count"] == 2 * 16 * 2  # 2 rollouts × 16 sequences × 2 processes
     assert rank0["log"][-1]["objective/kl"] == rank1["log"][-1]["objective/kl"]
+
+
+RESUME_SCRIPT = Path(__file__).parent / "scripts" / "ppo_two_processes_resume.py"
+
+
+def test_two_process_resume_from_a_mid_rollout_checkpoint_equals_the_uninterrupted_run(tmp_path):
+    """Each process saves and restores its own half-used rollout (and RNG state): before, rank 1 resumed on rank 0's
+    rollout and the two runs diverged."""
+    out = tmp_path / "resume"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), str(RESUME_SCRIPT), str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads(Path(f"{out}.rank{r}").read_text()) for r in (0, 1)]
+    assert ranks[0]["buffer_first_query"] != ranks[1]["buffer_first_query"]  # each rank keeps its own rollout
+    for r in ranks:
+        assert r["world"] == 2
+        assert r["full"] != r["start"]  # training moved the weights
+        assert r["resumed"] == pytest.approx(r["full"], rel=1e-6)
+        assert r["rollouts_done"][0] == r["rollouts_done"][1] == 2
+        for step in range(4, 9):
+            for key, value in r["full_steps"][str(step)].items():
+                assert r["resumed_steps"][str(step)][key] == pytest.approx(value, rel=1e-4, abs=1e-6), (step, key)
+    assert ranks[0]["full"] == ranks[1]["full"]  # replicas stay identical

@@ -74,6 +74,7 @@ def test_reward_model_with_other_tokenizer(tmp_path, tok):
 
 @pytest.mark.parametrize("kw, match", [
     (dict(per_device_train_batch_size=3, num_samples_per_prompt=2), "does not divide by num_samples_per_prompt"),
+    (dict(num_mini_batches=2, per_device_train_batch_size=3), "num_mini_batches=2 must divide per_device_train"),
     (dict(kl_penalty="loss", kl_estimator="k1"), "kl_penalty='loss' with kl_estimator='k1' does not regularize"),
     (dict(local_batch_size=16), "`local_batch_size` is derived"),
     (dict(world_size=2, mini_batch_size=4), "`mini_batch_size` is derived .*`world_size` is derived"),

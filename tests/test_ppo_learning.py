@@ -21,7 +21,7 @@ def prompts():
 
 
 def cfg(tmp_path, **kw):
-    base = dict(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to=[], per_device_train_batch_size=16,
+    base = dict(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to=[], per_device_train_batch_size=32,
                 num_mini_batches=2, gradient_accumulation_steps=1, num_ppo_epochs=2, max_steps=32, response_length=4, save_strategy="no",
                 gradient_checkpointing=False, disable_tqdm=True, num_sample_generations=0, learning_rate=3e-3,
                 lr_scheduler_type="constant", temperature=1.0, logging_steps=4, seed=0)
@@ -59,7 +59,7 @@ def test_qlora_4bit_cpu_learns_and_trains_both_adapters(tmp_path, sft_policy_dir
     held_out = data["eval"]["prompt"][:100]
     before = mean_gold_score(model, tok, held_out)
     lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
-    args = cfg(tmp_path / "run", per_device_train_batch_size=32, num_mini_batches=2, gradient_accumulation_steps=1, num_ppo_epochs=2, max_steps=120,
+    args = cfg(tmp_path / "run", per_device_train_batch_size=64, num_mini_batches=2, gradient_accumulation_steps=1, num_ppo_epochs=2, max_steps=120,
                learning_rate=5e-4, response_length=12, stop_token="eos", logging_steps=10)
     t = PPOTrainer(args=args, processing_class=tok, model=model, reward_model=gold_reward,
                    train_dataset=data["unlabeled"], peft_config=lora)
@@ -88,7 +88,7 @@ def test_ppo_raises_gold_score_of_sft_policy(tmp_path, sft_policy):
     data = make_datasets()
     held_out = data["eval"]["prompt"][:100]
     before = mean_gold_score(model, tok, held_out)
-    args = cfg(tmp_path, per_device_train_batch_size=32, num_mini_batches=2, gradient_accumulation_steps=1, num_ppo_epochs=2, max_steps=120,
+    args = cfg(tmp_path, per_device_train_batch_size=64, num_mini_batches=2, gradient_accumulation_steps=1, num_ppo_epochs=2, max_steps=120,
                learning_rate=1e-4, value_learning_rate=1e-3, response_length=12, stop_token="eos", logging_steps=20)
     t = PPOTrainer(args=args, processing_class=tok, model=model, reward_model=gold_reward,
                    train_dataset=data["unlabeled"])

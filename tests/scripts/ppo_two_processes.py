@@ -14,7 +14,7 @@ out = sys.argv[1]
 tok = build_tokenizer()
 model = tiny_causal_lm("llama", tok, hidden_size=64, num_layers=2, num_heads=2)
 args = PPOConfig(output_dir=out + ".run", use_cpu=True, bf16=False, report_to=[], per_device_train_batch_size=8,
-                 gradient_accumulation_steps=1, num_mini_batches=2, num_ppo_epochs=1, max_steps=4,
+                 gradient_accumulation_steps=2, num_mini_batches=2, num_ppo_epochs=1, max_steps=4,
                  response_length=4, stop_token="eos", save_strategy="no", gradient_checkpointing=False,
                  disable_tqdm=True, num_sample_generations=0, logging_steps=2, seed=0, learning_rate=1e-3,
                  kl_controller="adaptive", reward_scaling="running_meanstd")
