@@ -28,7 +28,7 @@ def run(folder, resume=None):
         from peft import LoraConfig
 
         peft = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
-    args = PPOConfig(output_dir=folder, report_to=[], per_device_train_batch_size=8, gradient_accumulation_steps=1,
+    args = PPOConfig(output_dir=folder, report_to=[], use_cpu=not torch.cuda.is_available(), per_device_train_batch_size=8, gradient_accumulation_steps=1,
                      num_mini_batches=2, num_ppo_epochs=1, max_steps=4, response_length=8, stop_token="eos",
                      save_strategy="steps", save_steps=3, disable_tqdm=True, num_sample_generations=0,
                      logging_steps=1, seed=0, learning_rate=1e-4, kl_controller="adaptive", kl_target=0.1,

@@ -1,5 +1,6 @@
 """Two processes (torch.distributed on the CPU, gloo — what `accelerate launch` starts): the replicas stay identical
-and the plugins' statistics (KL coefficient, reward moments) are all-reduced, so every process holds the same state."""
+(with the ptx loss), the plugins' statistics (KL coefficient, reward moments) are all-reduced so every process holds
+the same state, and resuming from a mid-rollout checkpoint gives the uninterrupted run on every rank."""
 
 import json
 import socket
@@ -26,7 +27,9 @@ def test_two_process_run_keeps_replicas_and_plugin_state_in_sync(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rank0, rank1 = json.loads(out.read_text()), json.loads(Path(str(out) + ".rank1").read_text())
     assert rank0["world"] == rank1["world"] == 2
-    assert rank0["checksum"] == rank1["checksum"]  # gradients averaged across processes
+    assert rank0["checksum"] == rank1["checksum"]  # gradients averaged across processes, ptx loss included
+    assert rank0["checksum"] != rank0["start"]  # and the weights did move
+    assert rank0["ptx_rows"] and rank0["ptx_rows"] != rank1["ptx_rows"]  # each process reads its own ptx rows
     assert rank0["kl_coef"] == rank1["kl_coef"] != 0.05  # adaptive controller moved, on the all-process KL
     assert rank0["reward_moments"] == rank1["reward_moments"]
     assert rank0["reward_moments"]["count"] == 2 * 16 * 2  # 2 rollouts × 16 sequences × 2 processes

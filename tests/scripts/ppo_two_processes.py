@@ -1,6 +1,8 @@
-"""Run by tests/test_ppo_distributed.py under `accelerate launch --num_processes 2 --cpu` (gloo backend).
+"""Run by tests/test_ppo_distributed.py with `python -m torch.distributed.run --nproc_per_node 2` (gloo on the CPU;
+`accelerate launch` starts the same processes). PPO with the ptx loss, whose forward runs outside DDP's forward.
 
-Writes the trainer's final log entry and both processes' policy checksums to OUT (rank 0) and OUT.rank1.
+Writes the trainer's final log entry, both processes' policy checksums (and the one before training) and the ptx
+rows each process consumed to OUT (rank 0) and OUT.rank1.
 """
 
 import json
@@ -17,14 +19,20 @@ args = PPOConfig(output_dir=out + ".run", use_cpu=True, bf16=False, report_to=[]
                  gradient_accumulation_steps=2, num_mini_batches=2, num_ppo_epochs=1, max_steps=4,
                  response_length=4, stop_token="eos", save_strategy="no", gradient_checkpointing=False,
                  disable_tqdm=True, num_sample_generations=0, logging_steps=2, seed=0, learning_rate=1e-3,
-                 kl_controller="adaptive", reward_scaling="running_meanstd")
+                 kl_controller="adaptive", reward_scaling="running_meanstd", ptx_coef=0.1)
+data = make_datasets(num_unlabeled=64, num_sft=64)
+start = float(sum(p.detach().double().sum() for p in model.parameters()))
 trainer = PPOTrainer(args=args, processing_class=tok, model=model, reward_model=gold_reward,
-                     train_dataset=make_datasets(num_unlabeled=64)["unlabeled"])
+                     train_dataset=data["unlabeled"], ptx_dataset=data["sft"])
+ptx_rows = []
+next_batch = trainer.ptx.next_batch
+trainer.ptx.next_batch = lambda *a: (lambda b: (ptx_rows.extend(b["input_ids"].tolist()), b)[1])(next_batch(*a))
 trainer.train()
 policy = trainer.accelerator.unwrap_model(trainer.model).policy
 checksum = float(sum(p.detach().double().sum() for p in policy.parameters()))
 rank = trainer.accelerator.process_index
-state = {"rank": rank, "world": trainer.accelerator.num_processes, "checksum": checksum,
+state = {"rank": rank, "world": trainer.accelerator.num_processes, "checksum": checksum, "start": start,
+         "ptx_rows": ptx_rows,
          "kl_coef": trainer.kl_ctl.value, "reward_moments": trainer.reward_scaler.state_dict(),
          "log": [h for h in trainer.state.log_history if "objective/kl" in h]}
 with open(out + (f".rank{rank}" if rank else ""), "w") as f:
