@@ -121,3 +121,11 @@ def test_pretokenized_dataset(tmp_path, tok):
     trainer, _ = make(tmp_path, tok, dataset=data)
     assert trainer.train_dataset["prompt"][0] == "sort 3 1 2 :"
     trainer.train()
+
+
+def test_trl112_model_paths_are_accepted_and_the_trainer_says_it_ignores_them(tmp_path, tok):
+    args = cfg(tmp_path, sft_model_path="EleutherAI/pythia-160m", reward_model_path="some/rm")
+    assert args.sft_model_path == "EleutherAI/pythia-160m"  # accepted as in trl 1.12
+    with pytest.warns(UserWarning, match=r"sft_model_path='EleutherAI/pythia-160m' is ignored by PPOTrainer"):
+        PPOTrainer(args=args, processing_class=tok, model=tiny_causal_lm("llama", tok, **SMALL),
+                   reward_model=const_reward, train_dataset=prompts())
