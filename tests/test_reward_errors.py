@@ -82,3 +82,26 @@ def test_config_is_a_trl_config():
     import trl
 
     assert issubclass(RewardConfig, trl.RewardConfig)
+
+
+def _grm_model(tok):
+    return GRMRewardModel.from_causal_lm(tiny_causal_lm("llama", tok, **SMALL), head_type="linear")
+
+
+def test_grm_named_in_loss_plugins_reads_its_settings_from_the_config(reward_tok, reward_args):
+    trainer = _trainer(reward_tok, reward_args(loss_plugins=["grm"], grm_alpha=0.3, grm_beta=0.2), [GOOD],
+                       model=_grm_model(reward_tok))
+    (grm,) = trainer.loss_plugins
+    assert (grm.regularizer, grm.alpha, grm.beta) == ("sft", 0.3, 0.2)  # was α = 0.01 (the class default)
+    both = _trainer(reward_tok, reward_args(loss_plugins=["grm"], grm_regularizer="dpo_noref", grm_alpha=0.3),
+                    [GOOD], model=_grm_model(reward_tok))
+    assert [p.describe() for p in both.loss_plugins] == ["grm(regularizer=dpo_noref, alpha=0.3, beta=0.1)"]
+
+
+def test_grm_given_twice_is_refused(reward_tok, reward_args):
+    from icegrt_trl.reward.plugins import GRMRegularizer
+
+    with pytest.raises(ValueError, match=r"'grm' reward-loss plugin is given twice"):
+        RewardTrainer(model=_grm_model(reward_tok), args=reward_args(grm_regularizer="sft"),
+                      train_dataset=Dataset.from_list([GOOD]), processing_class=reward_tok,
+                      loss_plugins=[GRMRegularizer("sft", alpha=0.5)])

@@ -12,7 +12,6 @@ from icegrt_trl.reward.losses import (
     grm_dpo_noref_loss,
     grm_regularizer_loss,
     grm_sft_loss,
-    grm_total_loss,
     sequence_logps,
 )
 
@@ -74,10 +73,3 @@ def test_grm_regularizers():
         grm_regularizer_loss("dpo", T([-5.0]), T([-15.0]), 0.1)
     with pytest.raises(ValueError, match="Unknown GRM regularizer"):
         grm_regularizer_loss("kto", T([-5.0]), T([-15.0]), 0.1)
-
-
-def test_grm_total_loss_weighting():
-    assert grm_total_loss(T(1.0), T(2.0), alpha=0.01).item() == pytest.approx(0.99 + 0.02)
-    assert grm_total_loss(T(1.0), T(2.0), alpha=0.0).item() == pytest.approx(1.0)
-    with pytest.raises(ValueError, match=r"grm_alpha=1.5 must lie in \[0, 1\]"):
-        grm_total_loss(T(1.0), T(2.0), alpha=1.5)

@@ -1,6 +1,6 @@
 """Name → plugin class registry shared by every trainer, with entry-point discovery.
 
-A plugin is registered under a *kind* (the hook family it serves, e.g. ``"reward_scaling"``, ``"kl"``,
+A plugin is registered under a *kind* (the hook family it serves, e.g. ``"reward_scaling"``, ``"kl_controller"``,
 ``"reward_loss"``) and a *name* (``"running_meanstd"``). Third-party packages declare, in their pyproject::
 
     [project.entry-points."icegrt_trl.plugins"]
@@ -55,10 +55,11 @@ def available_plugins(kind: str) -> list[str]:
     return sorted(_REGISTRY.get(kind, {}))
 
 
-def resolve_plugin(kind: str, spec: Any, **kwargs) -> Any:
+def resolve_plugin(kind: str, spec: Any, config: Any = None, **kwargs) -> Any:
     """Turn a config string into a plugin instance of `kind`; instances pass through after a kind check.
 
-    `kwargs` are passed to the plugin's constructor when `spec` is a name.
+    A name is built with ``cls.from_config(config, **kwargs)`` when the class has it (every
+    :class:`~icegrt_trl.plugins.base.Plugin` does), else ``cls(**kwargs)``.
     """
     if spec is None:
         return None
@@ -76,4 +77,5 @@ def resolve_plugin(kind: str, spec: Any, **kwargs) -> Any:
             f"Unknown {kind} plugin {spec!r}. Available: {available_plugins(kind)}. Third-party plugins register "
             f"through the entry-point group {ENTRY_POINT_GROUP!r}."
         ) from None
-    return cls(**kwargs)
+    from_config = getattr(cls, "from_config", None)
+    return from_config(config, **kwargs) if from_config is not None else cls(**kwargs)

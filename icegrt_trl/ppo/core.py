@@ -45,10 +45,6 @@ def masked_moments(values: torch.Tensor, mask: torch.Tensor, all_reduce_sum: All
     return mean.to(values.dtype), var.to(values.dtype), n
 
 
-def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
-    return masked_moments(values, mask, unbiased=unbiased)[1]
-
-
 def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8,
                   all_reduce_sum: AllReduce = None) -> torch.Tensor:
     """(x − mean)/std over masked entries (mean kept when ``shift_mean=False``); padding is set to 0."""

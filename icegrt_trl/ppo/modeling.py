@@ -19,10 +19,8 @@ from torch import nn
 
 
 def is_peft_model(model) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:  # pragma: no cover
-        return False
+    from peft import PeftModel
+
     return isinstance(model, PeftModel)
 
 

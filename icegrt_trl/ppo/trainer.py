@@ -295,20 +295,16 @@ class PPOTrainer(_BaseTrainer):
                 given[kind] = p
             else:
                 raise TypeError(f"Plugin {p!r} has no `kind`; subclass icegrt_trl.ppo.plugins.PPOPlugin or PPOHook.")
-        self.reward_scaler = resolve_plugin("reward_scaling", given.get("reward_scaling", args.reward_scaling),
-                                            scale=args.reward_scale, clip=args.reward_clip)
-        self.kl_ctl = resolve_plugin("kl_controller", given.get("kl_controller", args.kl_controller),
-                                     init_kl_coef=args.kl_coef, target=args.kl_target, horizon=args.kl_horizon)
+        self.reward_scaler = resolve_plugin("reward_scaling", given.get("reward_scaling", args.reward_scaling), args)
+        self.kl_ctl = resolve_plugin("kl_controller", given.get("kl_controller", args.kl_controller), args)
         self.adv_norm = resolve_plugin("advantage_normalization",
-                                       given.get("advantage_normalization", args.advantage_normalization))
-        self.value_warmup = resolve_plugin("value_warmup", given.get("value_warmup", "steps"),
-                                           steps=args.value_warmup_steps)
+                                       given.get("advantage_normalization", args.advantage_normalization), args)
+        self.value_warmup = resolve_plugin("value_warmup", given.get("value_warmup", "steps"), args)
         self.ptx = None
         if args.ptx_coef > 0 or "ptx" in given:
             if ptx_dataset is None:
                 raise ValueError("ptx_coef > 0 needs a `ptx_dataset`.")
-            self.ptx = resolve_plugin("ptx", given.get("ptx", "nll"), coef=args.ptx_coef, seed=args.seed,
-                                      batch_size=args.ptx_batch_size or args.local_micro_batch_size)
+            self.ptx = resolve_plugin("ptx", given.get("ptx", "nll"), args)
         core.kl_estimate(torch.zeros(1), torch.zeros(1), args.kl_estimator)  # validates the name early
 
     @property

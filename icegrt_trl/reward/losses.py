@@ -99,14 +99,7 @@ def grm_regularizer_loss(
     raise ValueError(f"Unknown GRM regularizer {kind!r}; choose one of {GRM_REGULARIZERS}.")
 
 
-def grm_total_loss(bt_loss: torch.Tensor, reg_loss: torch.Tensor, alpha: float) -> torch.Tensor:
-    """(1 − α)·L_BT + α·L_reg (GRM's weighting, α = 0.01 by default)."""
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"grm_alpha={alpha} must lie in [0, 1].")
-    return (1.0 - alpha) * bt_loss + alpha * reg_loss
-
-
 __all__ = [
     "GRM_REGULARIZERS", "bradley_terry_loss", "center_rewards_penalty", "grm_dpo_loss", "grm_dpo_noref_loss",
-    "grm_regularizer_loss", "grm_sft_loss", "grm_total_loss", "sequence_logps",
+    "grm_regularizer_loss", "grm_sft_loss", "sequence_logps",
 ]

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..plugins.base import Plugin
 from ..plugins.registry import register_plugin
 from .losses import GRM_REGULARIZERS, grm_regularizer_loss, sequence_logps
 
@@ -56,8 +57,10 @@ class PluginLoss:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-class RewardLossPlugin(nn.Module):
-    """Base class of reward-trainer loss plugins (see the module docstring for the hooks)."""
+class RewardLossPlugin(nn.Module, Plugin):
+    """Base class of reward-trainer loss plugins (see the module docstring for the hooks). ``state_dict`` /
+    ``load_state_dict`` are ``nn.Module``'s (tensors), ``from_config`` reads the plugin's settings from the
+    ``RewardConfig``; per-step metrics come back in :class:`PluginLoss`."""
 
     kind = "reward_loss"
     name = "base"
@@ -107,6 +110,14 @@ class GRMRegularizer(RewardLossPlugin):
         self.regularizer, self.alpha, self.beta = regularizer, alpha, beta
         self._reference = None  # a plain attribute list, so the frozen copy is neither trained nor checkpointed
         self._use_adapter_off = False
+
+    @classmethod
+    def from_config(cls, config=None, **overrides):
+        """From ``RewardConfig``: ``grm_regularizer`` (``"sft"`` when only ``loss_plugins=["grm"]`` names it),
+        ``grm_alpha``, ``grm_beta``."""
+        kw = {"regularizer": config.grm_regularizer or "sft", "alpha": config.grm_alpha, "beta": config.grm_beta} \
+            if config is not None else {}
+        return cls(**{**kw, **overrides})
 
     def describe(self) -> str:
         return f"grm(regularizer={self.regularizer}, alpha={self.alpha}, beta={self.beta})"

@@ -29,7 +29,7 @@ from trl.trainer.reward_trainer import DataCollatorForPreference
 from ..plugins.registry import resolve_plugin
 from .card import update_card_section
 from .config import RewardConfig
-from .losses import bradley_terry_loss
+from .losses import bradley_terry_loss, center_rewards_penalty
 from .plugins import GRMRegularizer, PluginLoss, RewardLossContext, RewardLossPlugin, unwrap_peft
 
 logger = logging.getLogger(__name__)
@@ -96,11 +96,19 @@ class RewardTrainer(_TRLRewardTrainer):
         elif not isinstance(args, RewardConfig):
             raise TypeError(f"icegrt_trl.RewardTrainer needs an icegrt_trl.RewardConfig, got {type(args).__name__}.")
         self.data_report: dict[str, dict[str, int | None]] = {}
-        specs: list = []
-        if args.grm_regularizer is not None:
-            specs.append(GRMRegularizer(args.grm_regularizer, alpha=args.grm_alpha, beta=args.grm_beta))
-        specs += list(args.loss_plugins or []) + list(loss_plugins or [])
-        self.loss_plugins: list[RewardLossPlugin] = [resolve_plugin("reward_loss", s) for s in specs]
+        names = list(args.loss_plugins or [])
+        if args.grm_regularizer is not None and GRMRegularizer.name not in names:
+            names.insert(0, GRMRegularizer.name)  # `grm_regularizer` is shorthand for the "grm" plugin
+        self.loss_plugins: list[RewardLossPlugin] = [
+            resolve_plugin("reward_loss", s, args) for s in names + list(loss_plugins or [])]
+        seen: dict[str, RewardLossPlugin] = {}
+        for plugin in self.loss_plugins:
+            if plugin.name in seen:
+                raise ValueError(
+                    f"The {plugin.name!r} reward-loss plugin is given twice ({seen[plugin.name].describe()} and "
+                    f"{plugin.describe()}): it would add its loss twice. Name it once — in RewardConfig "
+                    f"(grm_regularizer or loss_plugins) or as an instance in RewardTrainer(loss_plugins=...).")
+            seen[plugin.name] = plugin
         self._extra_iters: dict[int, Any] = {}
         extra_keys = tuple(dict.fromkeys(c for p in self.loss_plugins for c in p.signature_columns))
         self._batch_only_keys = {"completion_mask", *extra_keys}
@@ -248,7 +256,7 @@ class RewardTrainer(_TRLRewardTrainer):
         rewards_chosen, rewards_rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
         loss = bradley_terry_loss(rewards_chosen, rewards_rejected, inputs.get("margin"), self.args.label_smoothing)
         if self.args.center_rewards_coefficient is not None:
-            loss += self.args.center_rewards_coefficient * torch.mean((rewards_chosen + rewards_rejected) ** 2)
+            loss += self.args.center_rewards_coefficient * center_rewards_penalty(rewards_chosen, rewards_rejected)
 
         if self.loss_plugins:
             self._metrics[mode]["loss/bt"].append(loss.item())

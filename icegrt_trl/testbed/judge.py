@@ -1,7 +1,7 @@
 """The gold judge: how good is a policy by the hidden gold reward.
 
-`mean_gold_score` is the testbed's absolute metric; `win_rate` is the AlpacaFarm-style pairwise metric of
-the RLP paper (ties count one half), here exact because the judge is the gold reward itself.
+`mean_gold_score` is the testbed's absolute metric; `win_rate_of_completions` is the AlpacaFarm-style pairwise
+metric of the RLP paper (ties count one half), here exact because the judge is the gold reward itself.
 """
 
 from __future__ import annotations
@@ -80,9 +80,3 @@ def win_rate_of_completions(prompts: list, completions_a: list, completions_b: l
     a, b = gold_reward(prompts, completions_a), gold_reward(prompts, completions_b)
     return sum(1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b)) / len(prompts)
 
-
-def win_rate(model_a, model_b, tokenizer, prompts: list, tokenizer_b=None, **generate_kwargs) -> float:
-    """Gold-judged win-rate of policy A over policy B on `prompts` (the RLP paper's metric)."""
-    comp_a = generate_completions(model_a, tokenizer, prompts, **generate_kwargs)
-    comp_b = generate_completions(model_b, tokenizer_b or tokenizer, prompts, **generate_kwargs)
-    return win_rate_of_completions(prompts, comp_a, comp_b)

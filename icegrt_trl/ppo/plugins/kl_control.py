@@ -12,6 +12,12 @@ class KLController(PPOPlugin):
     def __init__(self, init_kl_coef: float = 0.05, **_):
         self.value = float(init_kl_coef)
 
+    @classmethod
+    def from_config(cls, config=None, **overrides):
+        kw = {"init_kl_coef": config.kl_coef, "target": config.kl_target, "horizon": config.kl_horizon} \
+            if config is not None else {}
+        return cls(**{**kw, **overrides})
+
     def update(self, current_kl: float, n_steps: int) -> float:
         """Called once per rollout with the mean (all-process) sequence KL and the global batch size."""
         return self.value

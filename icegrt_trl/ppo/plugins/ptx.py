@@ -27,6 +27,12 @@ class PtxLoss(PPOPlugin):
         self._order: list[int] = []
         self.rank, self.world = 0, 1
 
+    @classmethod
+    def from_config(cls, config=None, **overrides):
+        kw = {"coef": config.ptx_coef, "seed": config.seed,
+              "batch_size": config.ptx_batch_size or config.local_micro_batch_size} if config is not None else {}
+        return cls(**{**kw, **overrides})
+
     def set_data(self, rows: list[list[int]], rank: int = 0, world: int = 1) -> None:
         if not rows:
             raise ValueError("ptx_dataset is empty.")

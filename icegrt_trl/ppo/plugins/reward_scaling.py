@@ -61,6 +61,11 @@ class RewardScaler(PPOPlugin):
     def __init__(self, clip: float | None = None, eps: float = 1e-8, **_):
         self.clip, self.eps = clip, eps
 
+    @classmethod
+    def from_config(cls, config=None, **overrides):
+        kw = {"scale": config.reward_scale, "clip": config.reward_clip} if config is not None else {}
+        return cls(**{**kw, **overrides})
+
     def scale(self, scores: torch.Tensor, all_reduce_sum=None) -> torch.Tensor:
         return scores
 

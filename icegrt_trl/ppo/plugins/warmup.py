@@ -19,6 +19,10 @@ class ValueWarmup(PPOPlugin):
             raise ValueError(f"value_warmup_steps must be >= 0, got {steps}.")
         self.steps, self.done = int(steps), 0
 
+    @classmethod
+    def from_config(cls, config=None, **overrides):
+        return cls(**{**({"steps": config.value_warmup_steps} if config is not None else {}), **overrides})
+
     @property
     def active(self) -> bool:
         """True while the policy is frozen."""
