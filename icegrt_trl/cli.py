@@ -15,11 +15,12 @@ import sys
 from typing import Sequence
 
 from .recipe import Recipe, RecipeError, load_recipe
-from .stages import StageNotAvailable, get_stage
+from .stages import STAGE_REGISTRY, StageNotAvailable, get_stage
 from .stages.base import RunContext, Stage, apply_env, check_section_keys, run_stage, section_for
 
-STAGE_COMMANDS = ("sft", "reward", "reward_pmp", "ppo", "rlp", "eval")
+STAGE_COMMANDS = tuple(STAGE_REGISTRY)
 COMMANDS = STAGE_COMMANDS + ("pipeline",)
+PIPELINE_HELP = "run every stage of a recipe and write report.md"
 
 
 class CLIError(Exception):
@@ -79,15 +80,13 @@ def parse_stage_configs(stage: Stage, recipe: Recipe, ctx: RunContext, argv: Seq
         configs = parser.parse_args_into_dataclasses(args=list(argv))
     except SystemExit as exit_:
         raise CLIError(f"bad command-line options for stage '{stage.name}' (see above)") from exit_
+    except (ValueError, TypeError) as err:  # a config's own validation (__post_init__): one message, no traceback
+        raise RecipeError(f"stage '{stage.name}': {err}") from None
     return tuple(configs)
 
 
 def _stage_help(name: str) -> None:
-    try:
-        stage = get_stage(name)
-    except StageNotAvailable as err:
-        print(f"usage: icegrt-trl {name} RECIPE.yaml [--option value ...]\n\n{err}")
-        return
+    stage = get_stage(name)
     from trl import TrlParser
 
     parser = TrlParser(stage.config_classes, prog=f"icegrt-trl {name}",
@@ -119,7 +118,7 @@ def run_stage_command(name: str, argv: list[str]) -> dict:
 def _pipeline_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="icegrt-trl pipeline",
-        description="Run the recipe's stages in order (SFT → reward → PPO → RLP → eval), each in "
+        description="Run the recipe's stages in the order it lists them (e.g. SFT → reward → PPO → eval), each in "
                     "<output_dir>/<stage>/, then write <output_dir>/report.md. Per-stage overrides: "
                     "--<stage>.<option> value, e.g. --sft.learning_rate 1e-3.",
     )
@@ -153,15 +152,16 @@ def run_pipeline(argv: list[str]) -> dict:
         raise RecipeError(f"Recipe '{recipe.path}' defines no stages.")
     apply_env(recipe)
     ctx = RunContext.from_recipe(recipe, args.output_dir)
-    # Parse every stage's options first, so that a typo in the last stage fails before the first one trains.
+    # Parse and validate every stage's options first (keys, types, each config's own checks), so that a bad value in
+    # the last stage fails before the first one trains.
     stages = [get_stage(n) for n in names]
     for stage in stages:
         check_section_keys(section_for(recipe, stage), stage, recipe)
+    parsed = [parse_stage_configs(stage, recipe, ctx, overrides.get(stage.name, [])) for stage in stages]
     from .report import write_report
 
-    for stage in stages:
+    for stage, configs in zip(stages, parsed):
         print(f"[icegrt-trl] stage '{stage.name}' → {ctx.stage_dir(stage.name)}", flush=True)
-        configs = parse_stage_configs(stage, recipe, ctx, overrides.get(stage.name, []))
         run_stage(stage, ctx, configs)
         write_report(ctx)
     print(f"[icegrt-trl] report: {ctx.output_dir / 'report.md'}", flush=True)
@@ -174,17 +174,9 @@ def build_main_parser() -> argparse.ArgumentParser:
         description="PPO-based RLHF on current TRL: SFT → reward model → PPO → reward learning on policy → PPO.",
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    helps = {
-        "sft": "supervised fine-tuning (TRL SFTTrainer)",
-        "reward": "reward-model training (BT, GRM regularizers)",
-        "reward_pmp": "Qwen-style preference-model pretraining then RM fine-tune",
-        "ppo": "PPO with the ICE-GRT / Qwen plugins",
-        "rlp": "reward learning on policy (UML / SPG), then PPO again",
-        "eval": "gold judge of policies, or accuracy of reward models",
-        "pipeline": "run every stage of a recipe and write report.md",
-    }
-    for name in COMMANDS:
-        sub.add_parser(name, help=helps[name], add_help=False)
+    for name in STAGE_COMMANDS:
+        sub.add_parser(name, help=get_stage(name).help, add_help=False)
+    sub.add_parser("pipeline", help=PIPELINE_HELP, add_help=False)
     return p
 
 

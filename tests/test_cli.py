@@ -84,10 +84,36 @@ def test_reference_to_a_stage_that_did_not_run(tmp_path, capsys):
     assert "'stage:ppo' refers to the output of stage 'ppo'" in err and "Run the 'ppo' stage first" in err
 
 
-def test_unavailable_stage_says_so(tmp_path, capsys):
-    path = _recipe(tmp_path, {"stages": {"rlp": {}}})
-    assert main(["rlp", path, "--output_dir", str(tmp_path / "out")]) == 2
-    assert "The 'rlp' stage is not available yet" in capsys.readouterr().err
+def test_commands_come_from_the_stage_registry(capsys):
+    from icegrt_trl.stages import STAGE_REGISTRY, get_stage
+
+    assert COMMANDS == (*STAGE_REGISTRY, "pipeline")
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in STAGE_REGISTRY:
+        assert get_stage(name).help[:40] in " ".join(out.split())  # each command's help is its stage's
+
+
+def test_recipe_naming_a_stage_that_does_not_exist(tmp_path, capsys):
+    path = _recipe(tmp_path, {"stages": {"sft": {}, "rlhf": {}}})
+    assert main(["pipeline", path, "--output_dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "Unknown stage 'rlhf'" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "sft").exists()
+
+
+def test_invalid_value_in_a_later_stage_exits_2_before_anything_trains(tmp_path, capsys):
+    """A config's own validation (here PPOConfig's) runs for every stage before the first one trains."""
+    path = _recipe(tmp_path, {"stages": {"sft": {"model_name_or_path": "testbed:llama"},
+                                         "ppo": {"num_mini_batches": 3, "per_device_train_batch_size": 4}}})
+    assert main(["pipeline", path, "--output_dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "stage 'ppo': Invalid PPOConfig: num_mini_batches=3 must divide per_device_train_batch_size=4" in err
+    assert "Traceback" not in err and err.count("icegrt-trl: error:") == 1
+    assert not (tmp_path / "out" / "sft").exists()
+    # the same value from the command line of a single stage
+    assert main(["ppo", path, "--output_dir", str(tmp_path / "out2"), "--num_mini_batches", "3"]) == 2
+    assert "stage 'ppo': Invalid PPOConfig" in capsys.readouterr().err
 
 
 def test_unknown_command(capsys):

@@ -45,7 +45,7 @@ class DataArguments:
 
 
 class StageNotAvailable(RuntimeError):
-    """The stage exists in the CLI but its implementation has not landed yet."""
+    """A stage name that is not in the stage registry."""
 
 
 class Stage:
