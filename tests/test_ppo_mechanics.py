@@ -148,24 +148,82 @@ def test_lora_value_adapter_on_shared_base_and_reference_is_adapters_off(tmp_pat
     assert "kl_controller" in card and "objective/scores" in card
 
 
-@pytest.mark.parametrize("kw", [
-    dict(kl_penalty="loss", kl_estimator="k3", value_learning_rate=1e-2),
-    dict(whiten_rewards=True, missing_eos_penalty=1.0, kl_estimator="k2", reward_scaling="running_std",
-         reward_clip=2.0),
-    dict(num_samples_per_prompt=2, advantage_normalization="group", top_p=0.9, top_k=5, gradient_accumulation_steps=2,
-         per_device_train_batch_size=2),
-])
-def test_options_run_and_log_trl_metric_names(tmp_path, prompts, kw):
-    t = trainer_for(tmp_path, prompts, **kw)
+TRL_METRICS = ("objective/kl", "objective/scores", "objective/rlhf_reward", "objective/entropy",
+               "objective/non_score_reward", "policy/clipfrac_avg", "policy/approxkl_avg", "loss/policy_avg",
+               "loss/value_avg", "val/ratio", "val/clipfrac_avg", "val/num_eos_tokens", "objective/kl_coef")
+
+
+def one_rollout(tmp_path, prompts, **kw):
+    """Train on exactly one rollout (4 optimizer steps) and return the trainer; same seed → same samples."""
+    t = trainer_for(tmp_path, prompts, max_steps=4, **kw)
     t.train()
     log = t.state.log_history[0]
-    for name in ("objective/kl", "objective/scores", "objective/rlhf_reward", "objective/entropy",
-                 "objective/non_score_reward", "policy/clipfrac_avg", "policy/approxkl_avg", "loss/policy_avg",
-                 "loss/value_avg", "val/ratio", "val/clipfrac_avg", "val/num_eos_tokens", "objective/kl_coef"):
+    for name in TRL_METRICS:
         assert name in log and log[name] == log[name], name  # present and not NaN
-    if kw.get("kl_penalty") == "loss":
-        assert "loss/kl_avg" in log
-        assert sorted({g["initial_lr"] for g in t.optimizer.param_groups}) == [3e-3, 1e-2]  # value_learning_rate
+    return t
+
+
+def test_kl_in_the_loss_leaves_it_out_of_the_rewards(tmp_path, prompts):
+    t = one_rollout(tmp_path, prompts, kl_penalty="loss", value_learning_rate=1e-2)
+    b = t._last_rollout
+    assert t.args.kl_estimator == "k3"
+    mask = b["response_mask"].float()
+    last = mask.cumsum(1) == mask.sum(1, keepdim=True)  # the last real token
+    expected = torch.where(last & mask.bool(), b["scaled_scores"][:, None], torch.zeros_like(mask))
+    assert torch.equal(b["rewards"], expected)  # score on the last token and nothing else: no −β·KL
+    assert "loss/kl_avg" in t.state.log_history[0]
+    assert sorted({g["initial_lr"] for g in t.optimizer.param_groups}) == [3e-3, 1e-2]  # value_learning_rate
+    shaped = one_rollout(tmp_path / "reward", prompts, kl_penalty="reward").state.log_history[0]
+    assert "loss/kl_avg" not in shaped
+
+
+def test_reward_options_change_what_ppo_optimizes(tmp_path, prompts):
+    base = one_rollout(tmp_path / "base", prompts)._last_rollout
+    t = one_rollout(tmp_path / "opts", prompts, whiten_rewards=True, missing_eos_penalty=1.0, kl_estimator="k2",
+                    reward_scaling="running_std", reward_clip=1.0)
+    b = t._last_rollout
+    assert torch.equal(b["responses"], base["responses"])  # same samples: every difference below is the options'
+    # missing_eos_penalty: 1 subtracted from the gold score of responses without EOS
+    gold = torch.tensor(gold_reward(b["prompts"], b["completions"]))
+    assert not b["ended"].all() and b["ended"].any()
+    assert torch.allclose(b["scores"], gold - (~b["ended"]).float())
+    # running_std on the first batch: scores / population std of the batch, then clipped to ±1 (mean(x²)/σ² ≥ 1, so
+    # at least one score reaches the clip)
+    std = max(b["scores"].double().std(unbiased=False).item(), 0.01)
+    assert torch.allclose(b["scaled_scores"], (b["scores"] / std).clamp(-1.0, 1.0), atol=1e-6)
+    assert (b["scaled_scores"].abs() == 1.0).any()
+    # k2 = ½ (log π − log π_ref)² per token
+    mask = b["response_mask"].float()
+    assert torch.allclose(b["kl"], 0.5 * (b["logprobs"] - b["ref_logprobs"]).square() * mask)
+    # whiten_rewards: the returns come from rewards scaled to unit variance (not from the raw rewards)
+    raw_returns = base["returns"]
+    assert not torch.allclose(b["returns"], raw_returns)
+
+
+def test_sampling_and_group_options(tmp_path, prompts):
+    seen_ranks = []
+
+    class TopKCheck(PPOHook):
+        def on_rollout(self, batch, trainer):
+            policy = trainer.model.policy
+            with torch.no_grad():
+                m = batch["query_response_mask"]
+                logits = policy(input_ids=batch["query_responses"], attention_mask=m,
+                                position_ids=(m.cumsum(1) - 1).clamp(min=0)).logits
+            c = batch["context_length"]
+            step_logits = logits[:, c - 1:-1]
+            token_logit = step_logits.gather(-1, batch["responses"].unsqueeze(-1))
+            ranks = (step_logits > token_logit).sum(-1)  # 0 = the most likely token
+            seen_ranks.append(ranks[batch["response_mask"].bool()])
+
+    t = one_rollout(tmp_path, prompts, num_samples_per_prompt=2, advantage_normalization="group", top_p=0.9,
+                    top_k=5, gradient_accumulation_steps=2, per_device_train_batch_size=2, plugins=[TopKCheck()])
+    b = t._last_rollout
+    assert b["prompts"][0::2] == b["prompts"][1::2]  # two samples of each prompt, side by side
+    assert seen_ranks[0].max() < 5  # top_k=5: no sampled token outside the 5 most likely
+    mask = b["response_mask"].float()
+    per_group = (b["advantages"] * mask).reshape(-1, 2 * mask.shape[1]).sum(1)
+    assert torch.allclose(per_group, torch.zeros_like(per_group), atol=1e-4)  # whitened within each prompt's pair
 
 
 def test_ptx_loss_mixed_into_policy_updates(tmp_path, prompts):
@@ -193,11 +251,23 @@ def test_evaluate_and_sample_generations_with_a_same_tokenizer_reward_model(tmp_
                    train_dataset=prompts, eval_dataset=prompts.select(range(6)))
     t.train()
     metrics = t.evaluate()
-    batch = t._greedy_rollout([t.eval_dataset[i] for i in range(6)])
+    # the expectation, computed without the trainer: greedy continuations by hand (argmax, one token at a time, each
+    # prompt alone, stopping at EOS), scored by the reward model on prompt + response and by the gold reward
+    policy, eos = t.model.policy.eval(), tok.eos_token_id
+    rm_scores, completions = [], []
     with torch.no_grad():
-        expected_rm = rm(input_ids=batch["query_responses"], attention_mask=batch["query_response_mask"]).logits
-    expected = expected_rm.squeeze(-1) + torch.tensor(gold_reward([r["prompt"] for r in prompts.select(range(6))],
-                                                                  batch["completions_text"]))
-    assert metrics["eval_objective/scores"] == pytest.approx(expected.mean().item(), abs=1e-5)
+        for row in t.eval_dataset:
+            ids = list(row["input_ids"])
+            response = []
+            for _ in range(t.args.response_length):
+                nxt = int(policy(input_ids=torch.tensor([ids + response])).logits[0, -1].argmax())
+                response.append(nxt)
+                if nxt == eos:
+                    break
+            rm_scores.append(rm(input_ids=torch.tensor([ids + response])).logits.item())
+            completions.append(" " + tok.decode(response, skip_special_tokens=True))  # as TRL decodes completions
+    gold = gold_reward(list(t.eval_dataset["prompt"]), completions)
+    expected = sum(r + g for r, g in zip(rm_scores, gold)) / len(gold)
+    assert metrics["eval_objective/scores"] == pytest.approx(expected, abs=1e-5)
     lines = (tmp_path / "sample_generations.jsonl").read_text().splitlines()
     assert len(lines) == t.num_rollouts == 1 and len(json.loads(lines[0])["completions"]) == 4

@@ -78,10 +78,16 @@ def test_other_config_errors(reward_tok, reward_args):
                       train_dataset=Dataset.from_list([GOOD]), processing_class=reward_tok)
 
 
-def test_config_is_a_trl_config():
+def test_every_trl_reward_config_field_keeps_trls_default():
+    import dataclasses
+
     import trl
 
-    assert issubclass(RewardConfig, trl.RewardConfig)
+    kw = dict(output_dir="/tmp/x", use_cpu=True)
+    ours, theirs = RewardConfig(**kw), trl.RewardConfig(**kw)
+    differing = [f.name for f in dataclasses.fields(trl.RewardConfig)
+                 if f.name != "logging_dir" and getattr(ours, f.name) != getattr(theirs, f.name)]
+    assert differing == []
 
 
 def _grm_model(tok):

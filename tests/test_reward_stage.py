@@ -2,10 +2,13 @@
 
 import json
 
+import pytest
+import torch
 import yaml
 
 from icegrt_trl.cli import main
 from icegrt_trl.reward.evaluation import load_reward_model
+from icegrt_trl.testbed import make_datasets
 
 TESTBED = {"seed": 0, "num_sft": 8, "num_preferences": 48, "num_pmp": 64, "num_pref_eval": 24, "num_unlabeled": 4,
            "num_eval": 4}
@@ -30,13 +33,23 @@ def test_reward_stage_grm_with_lora_then_eval(tmp_path):
     assert main(["reward", recipe]) == 0
     out = tmp_path / "run" / "reward"
     results = json.loads((tmp_path / "run" / "results.json").read_text())["reward"]
+    model, tok = load_reward_model(out, head_type="linear")  # merged: no adapter left
+    data = make_datasets(**TESTBED)
     for split in ("preferences_id", "preferences_ood"):
+        # the reported accuracy, recomputed pair by pair with plain unbatched forwards of the saved model on what
+        # TRL trains reward models on: prompt + completion + EOS
+        wins = 0
+        with torch.no_grad():
+            for row in data[split]:
+                r = [model(**tok(row["prompt"] + row[side] + tok.eos_token, return_tensors="pt")).logits.item()
+                     for side in ("chosen", "rejected")]
+                wins += r[0] > r[1]
         acc = results[f"{split}/accuracy"]
-        assert 0 <= results[f"{split}/ci_low"] <= acc <= results[f"{split}/ci_high"] <= 1
+        assert acc == pytest.approx(wins / len(data[split]), abs=5e-5)  # results.json rounds to 4 digits
+        assert results[f"{split}/ci_low"] < acc < results[f"{split}/ci_high"]
     assert results["train_steps"] == 2
     card = (out / "README.md").read_text()
     assert "head type: **linear**" in card and "| preferences_ood | 24 |" in card and "grm(regularizer=sft" in card
-    model, _ = load_reward_model(out, head_type="linear")  # merged: no adapter left
     assert type(model).__name__ == "GRMRewardModel" and not (out / "adapter_config.json").exists()
     assert main(["eval", recipe]) == 0
     ev = json.loads((tmp_path / "run" / "results.json").read_text())["eval"]

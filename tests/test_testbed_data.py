@@ -73,7 +73,9 @@ def test_conversational_format():
     data = make_datasets(conversational=True, num_sft=10, num_preferences=10)
     row = data["preferences"][0]
     assert row["prompt"][0]["role"] == "user" and row["chosen"][0]["role"] == "assistant"
-    assert gold_reward([row["prompt"]], [row["chosen"]])[0] >= 0.0
+    text = make_datasets(conversational=False, num_sft=10, num_preferences=10)["preferences"][0]
+    assert row["chosen"][0]["content"] == text["chosen"].strip()  # the same pair, as a message
+    assert gold_reward([row["prompt"]], [row["chosen"]]) == gold_reward([text["prompt"]], [text["chosen"]])
 
 
 @pytest.mark.parametrize("kwargs,msg", [

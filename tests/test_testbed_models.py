@@ -14,8 +14,11 @@ def test_causal_lm_factory(arch, cls):
     batch = tok(["sort 3 1 :", "reverse 1 2 3 :"], return_tensors="pt", padding=True)
     logits = model(**batch).logits
     assert logits.shape == (2, batch["input_ids"].shape[1], len(tok))
-    out = model.generate(**batch, max_new_tokens=3, do_sample=False, pad_token_id=tok.pad_token_id)
-    assert out.shape[1] <= batch["input_ids"].shape[1] + 3
+    out = model.generate(**batch, max_new_tokens=3, do_sample=False, pad_token_id=tok.pad_token_id,
+                         eos_token_id=None)
+    assert out.shape[1] == batch["input_ids"].shape[1] + 3  # no EOS to stop at: exactly 3 new tokens
+    step = model(**batch).logits[:, -1].argmax(-1)  # greedy: the first new token is the argmax of the logits
+    assert torch.equal(out[:, batch["input_ids"].shape[1]], step)
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
