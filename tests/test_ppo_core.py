@@ -122,3 +122,13 @@ def test_rollout_sizes_match_trl112_where_it_was_coherent():
     one = PPOConfig(output_dir="/tmp/unused", per_device_train_batch_size=8, num_mini_batches=4, use_cpu=True,
                     bf16=False)
     assert (one.local_batch_size, one.local_mini_batch_size, one.local_micro_batch_size) == (8, 2, 2)
+
+
+def test_explained_variance_hand_computed():
+    returns = torch.tensor([[1.0, 2.0, 3.0, 4.0, 9.0]])
+    values = torch.tensor([[1.0, 2.0, 3.0, 3.0, -5.0]])
+    mask = torch.tensor([[1, 1, 1, 1, 0]])  # the padded token is ignored
+    # residual [0, 0, 0, 1]: var = 1/4 − 1/16 = 0.1875; returns var = 1.25 → 1 − 0.15 = 0.85
+    assert core.explained_variance(values, returns, mask).item() == pytest.approx(0.85)
+    assert core.explained_variance(returns, returns, mask).item() == pytest.approx(1.0)
+    assert core.explained_variance(torch.zeros_like(returns), torch.ones_like(returns), mask).item() == 0.0

@@ -271,3 +271,14 @@ def test_evaluate_and_sample_generations_with_a_same_tokenizer_reward_model(tmp_
     assert metrics["eval_objective/scores"] == pytest.approx(expected, abs=1e-5)
     lines = (tmp_path / "sample_generations.jsonl").read_text().splitlines()
     assert len(lines) == t.num_rollouts == 1 and len(json.loads(lines[0])["completions"]) == 4
+
+
+def test_metrics_are_keyed_by_mode(tmp_path, prompts):
+    t = one_rollout(tmp_path, prompts, eval_strategy="no")
+    train_log = t.state.log_history[0]
+    assert "val/explained_variance" in train_log and train_log["val/explained_variance"] <= 1.0
+    metrics = t.evaluate(prompts.select(range(4)))
+    eval_log = t.state.log_history[-1]
+    assert set(eval_log) >= {"eval_objective/scores", "eval_objective/response_length"}
+    assert not any(k.startswith(("loss/", "policy/", "objective/kl")) for k in eval_log)  # no train values
+    assert eval_log["eval_objective/scores"] == metrics["eval_objective/scores"]

@@ -112,3 +112,39 @@ def test_hooks_may_replace_batch():
 
     out = P.run_hooks([Double(), P.PPOHook()], "on_scores", {"scores": torch.tensor([1.0])}, None)
     assert out["scores"].item() == 2.0
+
+
+def test_registered_functions_are_chosen_by_name_in_the_config(tmp_path):
+    """Pure functions live in the one plugin registry: a user's policy loss and KL estimator are picked by name."""
+    from icegrt_trl import PPOConfig, PPOTrainer
+    from icegrt_trl.plugins import available_plugins
+    from icegrt_trl.ppo import core
+    from icegrt_trl.testbed import build_tokenizer, gold_reward, make_datasets, tiny_causal_lm
+
+    calls = []
+
+    @core.register_policy_loss("test_reinforce")
+    def reinforce(logprobs, old_logprobs, advantages, mask, cliprange=None):
+        calls.append(cliprange)
+        return -core.masked_mean(logprobs * advantages, mask), {"clipfrac": torch.zeros(()),
+                                                                "approxkl": torch.zeros(()), "ratio": torch.ones(())}
+
+    @core.register_kl_estimator("test_abs")
+    def kl_abs(logprobs, ref_logprobs):
+        return (logprobs - ref_logprobs).abs()
+
+    assert "test_reinforce" in available_plugins("policy_loss") and "gae" in available_plugins("advantage_estimator")
+    tok = build_tokenizer()
+    args = PPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to=[], per_device_train_batch_size=4,
+                     num_ppo_epochs=1, max_steps=1, response_length=4, save_strategy="no", disable_tqdm=True,
+                     gradient_checkpointing=False, num_sample_generations=0, policy_loss_type="test_reinforce",
+                     kl_estimator="test_abs", cliprange=0.3)
+    t = PPOTrainer(args=args, processing_class=tok, model=tiny_causal_lm("llama", tok, hidden_size=32, num_layers=1,
+                                                                          num_heads=2),
+                   reward_model=gold_reward, train_dataset=make_datasets(num_unlabeled=8)["unlabeled"])
+    t.train()
+    assert calls == [0.3]
+    b = t._last_rollout
+    assert torch.equal(b["kl"], (b["logprobs"] - b["ref_logprobs"]).abs() * b["response_mask"])
+    with pytest.raises(ValueError, match=r"Unknown policy_loss 'nope'. Available: \[.*'ppo_clip'"):
+        PPOConfig(output_dir=str(tmp_path), use_cpu=True, policy_loss_type="nope")

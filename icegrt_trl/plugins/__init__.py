@@ -5,6 +5,6 @@ registry) or passed as instances. Third parties register through the entry-point
 """
 
 from .base import Plugin
-from .registry import PluginRegistryError, available_plugins, register_plugin, resolve_plugin
+from .registry import PluginRegistryError, available_plugins, register_plugin, registered, resolve_plugin
 
-__all__ = ["Plugin", "PluginRegistryError", "available_plugins", "register_plugin", "resolve_plugin"]
+__all__ = ["Plugin", "PluginRegistryError", "available_plugins", "register_plugin", "registered", "resolve_plugin"]

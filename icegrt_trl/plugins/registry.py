@@ -6,8 +6,9 @@ A plugin is registered under a *kind* (the hook family it serves, e.g. ``"reward
     [project.entry-points."icegrt_trl.plugins"]
     my_scaler = "my_pkg.plugins:MyScaler"
 
-and the class must carry ``kind`` and ``name`` class attributes. Entry points are loaded lazily, on the
-first look-up that misses, so importing icegrt_trl stays cheap.
+and the class must carry ``kind`` and ``name`` class attributes. Pure functions are registered the same way, with
+the kind and name given: ``register_plugin(fn, kind="kl_estimator", name="k4")``; :func:`registered` returns
+them. Entry points are loaded lazily, on the first look-up that misses, so importing icegrt_trl stays cheap.
 """
 
 from __future__ import annotations
@@ -53,6 +54,20 @@ def _load_entry_points() -> None:
 def available_plugins(kind: str) -> list[str]:
     _load_entry_points()
     return sorted(_REGISTRY.get(kind, {}))
+
+
+def registered(kind: str, name: str) -> Any:
+    """The object registered as `kind`/`name` itself — how pure functions (KL estimators, advantage estimators,
+    policy/value losses, GRM regularizers) are looked up."""
+    if name not in _REGISTRY.get(kind, {}):
+        _load_entry_points()
+    try:
+        return _REGISTRY[kind][name]
+    except KeyError:
+        raise PluginRegistryError(
+            f"Unknown {kind} {name!r}. Available: {available_plugins(kind)}. Third-party functions register with "
+            f"register_plugin(fn, kind={kind!r}, name=...) or through the entry-point group {ENTRY_POINT_GROUP!r}."
+        ) from None
 
 
 def resolve_plugin(kind: str, spec: Any, config: Any = None, **kwargs) -> Any:

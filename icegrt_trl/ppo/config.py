@@ -112,6 +112,16 @@ class PPOConfig(_BaseConfig):
         "help": "KL estimator (Schulman, 'Approximating KL Divergence'): k1 = log π − log π_ref, k2 = ½(log r)², "
                 "k3 = (r − 1) − log r. Default: k1 with kl_penalty='reward' (trl 1.12's default), k3 with "
                 "kl_penalty='loss' (k1's gradient has expectation 0 as a loss, so it does not regularize; refused)."})
+    advantage_estimator: str = field(default="gae", metadata={
+        "help": "How advantages and returns are computed from the token rewards and values: 'gae' (generalized "
+                "advantage estimation, Schulman et al. 2016, with gamma and lam). Register more with "
+                "icegrt_trl.ppo.core.register_advantage_estimator."})
+    policy_loss_type: str = field(default="ppo_clip", metadata={
+        "help": "Policy loss: 'ppo_clip' (clipped surrogate, Schulman et al. 2017, with cliprange). Register more with "
+                "icegrt_trl.ppo.core.register_policy_loss."})
+    value_loss_type: str = field(default="clipped_mse", metadata={
+        "help": "Value loss: 'clipped_mse' (½·max of the squared errors of the new and the clipped value, with "
+                "cliprange_value; as trl 1.12). Register more with icegrt_trl.ppo.core.register_value_loss."})
     cliprange: float = field(default=0.2, metadata={"help": "Clip range."})
     vf_coef: float = field(default=0.1, metadata={"help": "Value function coefficient."})
     cliprange_value: float = field(default=0.2, metadata={"help": "Clip range for the value function."})
@@ -152,6 +162,15 @@ class PPOConfig(_BaseConfig):
     recipe: str | None = field(default=None, metadata={"help": "Recipe name for the model card."})
     def __post_init__(self):
         errors = []
+        from . import core
+
+        for kind, name in (("advantage_estimator", self.advantage_estimator), ("policy_loss", self.policy_loss_type),
+                           ("value_loss", self.value_loss_type),
+                           ("kl_estimator", self.kl_estimator or "k1")):
+            try:
+                core.lookup(kind, name)
+            except ValueError as err:
+                errors.append(str(err))
         if self.kl_estimator is None:
             self.kl_estimator = "k3" if self.kl_penalty == "loss" else "k1"
         elif self.kl_penalty == "loss" and self.kl_estimator == "k1":

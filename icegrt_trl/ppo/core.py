@@ -3,6 +3,14 @@
 Conventions: tensors are ``[batch, response_len]``; ``mask`` is 1 on real response tokens (up to and including the
 stop token) and 0 on padding. Functions that need statistics over *all processes* take an optional
 ``all_reduce_sum`` callable (sum of a tensor over processes); without it they are per-process, as trl 1.12 was.
+
+As in verl's ``core_algos.py``, the interchangeable pieces are registered functions (in the one plugin registry,
+so entry points can add more), chosen by name in ``PPOConfig``:
+
+* ``kl_estimator``: ``fn(logprobs, ref_logprobs) -> per-token KL``;
+* ``advantage_estimator``: ``fn(rewards, values, mask, gamma=, lam=) -> (advantages, returns)``;
+* ``policy_loss_type``: ``fn(logprobs, old_logprobs, advantages, mask, cliprange=) -> (loss, metrics)``;
+* ``value_loss_type``: ``fn(values, old_values, returns, mask, cliprange_value=) -> (loss, metrics)``.
 """
 
 from __future__ import annotations
@@ -10,6 +18,8 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+
+from ..plugins.registry import PluginRegistryError, register_plugin, registered
 
 AllReduce = Callable[[torch.Tensor], torch.Tensor] | None
 
@@ -72,19 +82,33 @@ def group_whiten(values: torch.Tensor, mask: torch.Tensor, group_size: int, eps:
     return out.reshape(b, t)
 
 
+# ---------------------------------------------------------------- registries of interchangeable functions
+def _registrar(kind: str):
+    def register(name: str):
+        def wrap(fn):
+            return register_plugin(fn, kind=kind, name=name)
+
+        return wrap
+
+    register.__doc__ = f"Decorator: register a function as the {kind} ``name`` (see the module docstring)."
+    return register
+
+
+register_kl_estimator = _registrar("kl_estimator")
+register_advantage_estimator = _registrar("advantage_estimator")
+register_policy_loss = _registrar("policy_loss")
+register_value_loss = _registrar("value_loss")
+
+
+def lookup(kind: str, name: str) -> Callable:
+    """The registered function, or a ValueError naming the choices (config validation calls this early)."""
+    try:
+        return registered(kind, name)
+    except PluginRegistryError as err:
+        raise ValueError(str(err)) from None
+
+
 # ---------------------------------------------------------------- KL estimators (Schulman, "Approximating KL")
-KL_ESTIMATORS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {}
-
-
-def register_kl_estimator(name: str):
-    """Register ``fn(logprobs, ref_logprobs) -> per-token KL estimate`` under ``name``."""
-
-    def wrap(fn):
-        KL_ESTIMATORS[name] = fn
-        return fn
-
-    return wrap
-
 
 @register_kl_estimator("k1")
 def kl_k1(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
@@ -106,11 +130,7 @@ def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
 
 
 def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
-    try:
-        fn = KL_ESTIMATORS[estimator]
-    except KeyError:
-        raise ValueError(f"Unknown kl_estimator {estimator!r}; choose one of {sorted(KL_ESTIMATORS)}.") from None
-    return fn(logprobs, ref_logprobs)
+    return lookup("kl_estimator", estimator)(logprobs, ref_logprobs)
 
 
 # ---------------------------------------------------------------- rewards, returns, advantages
@@ -134,6 +154,7 @@ def token_level_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tens
     return rewards, non_score
 
 
+@register_advantage_estimator("gae")
 def compute_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
                 lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalized advantage estimation (Schulman et al. 2016).
@@ -154,6 +175,7 @@ def compute_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
 
 
 # ---------------------------------------------------------------- losses
+@register_policy_loss("ppo_clip")
 def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                 mask: torch.Tensor, cliprange: float = 0.2) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped surrogate (Schulman et al. 2017): mean over tokens of max(−A·ρ, −A·clip(ρ, 1±ε)).
@@ -174,6 +196,7 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
     return loss, stats
 
 
+@register_value_loss("clipped_mse")
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
                cliprange_value: float | None = 0.2) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """½·mean max((V − R)², (clip(V, V_old ± ε_v) − R)²); ``cliprange_value=None`` disables the clip."""
@@ -187,6 +210,17 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
     with torch.no_grad():
         stats = {"clipfrac": masked_mean((loss2 > loss1).to(loss.dtype), mask)}
     return loss, stats
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+                       all_reduce_sum: AllReduce = None) -> torch.Tensor:
+    """1 − Var[R − V] / Var[R] over the masked tokens: 1 for a perfect critic, 0 for one no better than a constant,
+    negative for a worse one (0 when the returns do not vary)."""
+    _, var_returns, _ = masked_moments(returns.double(), mask, all_reduce_sum, unbiased=False)
+    _, var_residual, _ = masked_moments((returns - values).double(), mask, all_reduce_sum, unbiased=False)
+    if var_returns <= 0:
+        return torch.zeros((), dtype=torch.float64, device=values.device)
+    return 1.0 - var_residual / var_returns
 
 
 # ---------------------------------------------------------------- response post-processing

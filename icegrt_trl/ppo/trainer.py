@@ -235,7 +235,8 @@ class PPOTrainer(_BaseTrainer):
         self._buffer: dict | None = None
         self._step: int | None = None
         self._rollouts_done = 0
-        self._metrics: dict[str, list[float]] = defaultdict(list)
+        # per-step values keyed by mode, as TRL's trainers: averaged (over steps and processes) at each log
+        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._rollout_metrics: dict[str, float] = {}
         self.sample_generations: list[dict] = []
         super().__init__(model=wrapper, args=args, data_collator=identity, train_dataset=train_dataset,
@@ -305,7 +306,6 @@ class PPOTrainer(_BaseTrainer):
             if ptx_dataset is None:
                 raise ValueError("ptx_coef > 0 needs a `ptx_dataset`.")
             self.ptx = resolve_plugin("ptx", given.get("ptx", "nll"), args)
-        core.kl_estimate(torch.zeros(1), torch.zeros(1), args.kl_estimator)  # validates the name early
 
     @property
     def plugins(self) -> dict[str, Any]:
@@ -547,7 +547,8 @@ class PPOTrainer(_BaseTrainer):
         rewards = batch["rewards"]
         if args.whiten_rewards:
             rewards = core.masked_whiten(rewards, maskf, shift_mean=False, all_reduce_sum=self._all_reduce_sum)
-        adv, returns = core.compute_gae(rewards, batch["values"], maskf, args.gamma, args.lam)
+        estimate = core.lookup("advantage_estimator", args.advantage_estimator)
+        adv, returns = estimate(rewards, batch["values"], maskf, gamma=args.gamma, lam=args.lam)
         adv = self.adv_norm(adv, maskf, group_size=k, all_reduce_sum=self._all_reduce_sum)
         batch.update(advantages=adv, returns=returns)
         batch = run_hooks(self.hooks, "on_advantages", batch, self)
@@ -572,6 +573,8 @@ class PPOTrainer(_BaseTrainer):
         m["objective/response_length"] = self._mean_all(maskf.sum(1))
         m["val/num_eos_tokens"] = self._all_reduce_sum((batch["responses"] == eos).sum().double()).item()
         m["val/mean_value"] = self._mean_all(core.masked_mean(batch["values"], maskf, dim=1))
+        m["val/explained_variance"] = core.explained_variance(batch["values"], batch["returns"], maskf,
+                                                              self._all_reduce_sum).item()
         self._rollouts_done += 1
         m["episode"] = (self.state.global_step // self.args.steps_per_rollout + 1) * self.args.local_batch_size * \
             self.accelerator.num_processes
@@ -593,30 +596,33 @@ class PPOTrainer(_BaseTrainer):
         warm = self.value_warmup.active
         logits, values = model(inputs["query_responses"], inputs["query_response_mask"], policy=not warm)
         vpred = values[:, c - 1:-1].float()
-        vf_loss, vstats = core.value_loss(vpred, inputs["values"], inputs["returns"], mask, args.cliprange_value)
+        value_loss = core.lookup("value_loss", args.value_loss_type)
+        vf_loss, vstats = value_loss(vpred, inputs["values"], inputs["returns"], mask,
+                                     cliprange_value=args.cliprange_value)
         loss = args.vf_coef * vf_loss
-        self._metrics["loss/value_avg"].append(vf_loss.item())
-        self._metrics["val/clipfrac_avg"].append(vstats["clipfrac"].item())
+        self._metrics["train"]["loss/value_avg"].append(vf_loss.item())
+        self._metrics["train"]["val/clipfrac_avg"].append(vstats["clipfrac"].item())
         if not warm:
             logits = logits[:, c - 1:-1]
             new_logprobs = response_logprobs(logits, inputs["responses"], args.temperature)
-            pg_loss, pstats = core.policy_loss(new_logprobs, inputs["logprobs"], inputs["advantages"], mask,
-                                               args.cliprange)
+            policy_loss = core.lookup("policy_loss", args.policy_loss_type)
+            pg_loss, pstats = policy_loss(new_logprobs, inputs["logprobs"], inputs["advantages"], mask,
+                                          cliprange=args.cliprange)
             loss = loss + pg_loss
             if args.kl_penalty == "loss":
                 kl = core.kl_estimate(new_logprobs, inputs["ref_logprobs"], args.kl_estimator)
                 kl_loss = core.masked_mean(kl, mask)
                 loss = loss + self.kl_ctl.value * kl_loss
-                self._metrics["loss/kl_avg"].append(kl_loss.item())
+                self._metrics["train"]["loss/kl_avg"].append(kl_loss.item())
             if self.ptx is not None:
                 loss = loss + self.ptx.coef * self._ptx_loss(model)
             with torch.no_grad():
                 ent = core.masked_mean(entropy_from_logits(logits.detach().float() / (args.temperature + 1e-7)), mask)
-            self._metrics["loss/policy_avg"].append(pg_loss.item())
-            self._metrics["policy/clipfrac_avg"].append(pstats["clipfrac"].item())
-            self._metrics["policy/approxkl_avg"].append(pstats["approxkl"].item())
-            self._metrics["val/ratio"].append(pstats["ratio"].item())
-            self._metrics["policy/entropy_avg"].append(ent.item())
+            self._metrics["train"]["loss/policy_avg"].append(pg_loss.item())
+            self._metrics["train"]["policy/clipfrac_avg"].append(pstats["clipfrac"].item())
+            self._metrics["train"]["policy/approxkl_avg"].append(pstats["approxkl"].item())
+            self._metrics["train"]["val/ratio"].append(pstats["ratio"].item())
+            self._metrics["train"]["policy/entropy_avg"].append(ent.item())
         return loss
 
     def _ptx_loss(self, model) -> torch.Tensor:
@@ -627,23 +633,28 @@ class PPOTrainer(_BaseTrainer):
                                     use_cache=False).logits[:, :-1].float()
         labels = b["input_ids"][:, 1:].masked_fill(b["attention_mask"][:, 1:] == 0, -100)
         nll = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
-        self._metrics["loss/ptx_avg"].append(nll.item())
+        self._metrics["train"]["loss/ptx_avg"].append(nll.item())
         return nll
 
     # ------------------------------------------------------------------ logging
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if self.model.training or not any(k.startswith("eval_") for k in logs):
-            keys = sorted(self._metrics)
-            if keys:
-                vals = torch.tensor([sum(self._metrics[k]) / len(self._metrics[k]) for k in keys],
-                                    dtype=torch.float64, device=self.accelerator.device)
-                if self.accelerator.num_processes > 1:
-                    vals = self.accelerator.reduce(vals, reduction="mean")
-                logs.update({k: v.item() for k, v in zip(keys, vals)})
+        """Trainer's log plus the mode's step metrics (``eval_``-prefixed in eval mode, as TRL's trainers); in train
+        mode also the metrics of the rollout in use and the plugins' state."""
+        mode = "train" if self.model.training else "eval"
+        metrics = self._metrics[mode]
+        keys = sorted(metrics)
+        if keys:
+            vals = torch.tensor([sum(metrics[k]) / len(metrics[k]) for k in keys], dtype=torch.float64,
+                                device=self.accelerator.device)
+            if self.accelerator.num_processes > 1:
+                vals = self.accelerator.reduce(vals, reduction="mean")
+            prefix = "" if mode == "train" else "eval_"
+            logs.update({prefix + k: v.item() for k, v in zip(keys, vals)})
+        if mode == "train":
             logs.update(self._rollout_metrics)
             for p in (self.reward_scaler, self.kl_ctl, self.adv_norm, self.value_warmup):
                 logs.update(p.metrics())
-            self._metrics.clear()
+        metrics.clear()
         super().log(logs, start_time)
 
     def _maybe_sample_generations(self) -> None:
@@ -677,16 +688,19 @@ class PPOTrainer(_BaseTrainer):
             dataset = prepare_prompt_dataset(dataset, self.processing_class, None, name="eval_dataset")
         rows = [dataset[i] for i in range(len(dataset))]
         was = self.model.training
-        self._unwrapped().eval()
+        self.model.eval()
         try:
             batch = self._greedy_rollout(rows)
             with torch.no_grad(), self.accelerator.autocast():
                 total = self._score(batch)
-            metrics = {f"{metric_key_prefix}_objective/scores": self._mean_all(total)}
+            score = self._mean_all(total)
+            self._metrics["eval"]["objective/scores"].append(score)
+            self._metrics["eval"]["objective/response_length"].append(
+                self._mean_all(batch["response_mask"].sum(1).double()))
+            self.log({})
         finally:
-            self._unwrapped().train(was)
-        self.log(metrics)
-        return metrics
+            self.model.train(was)
+        return {f"{metric_key_prefix}_objective/scores": score}
 
     # ------------------------------------------------------------------ saving and resuming
     def plugin_state(self) -> dict:

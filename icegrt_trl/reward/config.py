@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from trl import RewardConfig as _TRLRewardConfig
 
-from .losses import GRM_REGULARIZERS
+from .losses import grm_regularizers
 
 _POLICIES = {
     "identical_pairs": ("drop", "error"),
@@ -63,8 +63,8 @@ class RewardConfig(_TRLRewardConfig):
             raise ValueError(f"label_smoothing={self.label_smoothing} must lie in [0, 0.5).")
         if self.grm_regularizer in ("", "none", "None"):
             self.grm_regularizer = None
-        if self.grm_regularizer is not None and self.grm_regularizer not in GRM_REGULARIZERS:
-            raise ValueError(f"grm_regularizer={self.grm_regularizer!r} must be None or one of {GRM_REGULARIZERS}.")
+        if self.grm_regularizer is not None and self.grm_regularizer not in grm_regularizers():
+            raise ValueError(f"grm_regularizer={self.grm_regularizer!r} must be None or one of {grm_regularizers()}.")
         if not 0.0 <= self.grm_alpha <= 1.0:
             raise ValueError(f"grm_alpha={self.grm_alpha} must lie in [0, 1].")
         if self.grm_beta <= 0:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-GRM_REGULARIZERS = ("sft", "dpo", "dpo_noref")
+from ..plugins.registry import available_plugins, register_plugin, registered
 
 
 def bradley_terry_loss(
@@ -79,6 +79,33 @@ def grm_dpo_loss(
     return -F.logsigmoid(beta * ((logps_chosen - logps_rejected) - (ref_logps_chosen - ref_logps_rejected))).mean()
 
 
+# GRM regularizers: registered functions ``fn(logps_chosen, logps_rejected, beta, ref_chosen, ref_rejected) ->
+# (loss, metrics)`` in the one plugin registry (kind "grm_regularizer"), chosen by RewardConfig.grm_regularizer.
+def register_grm_regularizer(name: str):
+    return lambda fn: register_plugin(fn, kind="grm_regularizer", name=name)
+
+
+@register_grm_regularizer("sft")
+def _grm_sft(logps_chosen, logps_rejected, beta, ref_chosen=None, ref_rejected=None):
+    return grm_sft_loss(logps_chosen, beta), {}
+
+
+@register_grm_regularizer("dpo_noref")
+def _grm_dpo_noref(logps_chosen, logps_rejected, beta, ref_chosen=None, ref_rejected=None):
+    return grm_dpo_noref_loss(logps_chosen, logps_rejected, beta), {}
+
+
+@register_grm_regularizer("dpo")
+def _grm_dpo(logps_chosen, logps_rejected, beta, ref_chosen=None, ref_rejected=None):
+    if ref_chosen is None or ref_rejected is None:
+        raise ValueError("The 'dpo' GRM regularizer needs reference log-probabilities.")
+    return grm_dpo_loss(logps_chosen, logps_rejected, ref_chosen, ref_rejected, beta), {}
+
+
+def grm_regularizers() -> list[str]:
+    return available_plugins("grm_regularizer")
+
+
 def grm_regularizer_loss(
     kind: str,
     logps_chosen: torch.Tensor,
@@ -87,19 +114,15 @@ def grm_regularizer_loss(
     ref_logps_chosen: torch.Tensor | None = None,
     ref_logps_rejected: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Dispatch on the regularizer name (``"sft"``, ``"dpo"``, ``"dpo_noref"``)."""
-    if kind == "sft":
-        return grm_sft_loss(logps_chosen, beta)
-    if kind == "dpo_noref":
-        return grm_dpo_noref_loss(logps_chosen, logps_rejected, beta)
-    if kind == "dpo":
-        if ref_logps_chosen is None or ref_logps_rejected is None:
-            raise ValueError("The 'dpo' GRM regularizer needs reference log-probabilities.")
-        return grm_dpo_loss(logps_chosen, logps_rejected, ref_logps_chosen, ref_logps_rejected, beta)
-    raise ValueError(f"Unknown GRM regularizer {kind!r}; choose one of {GRM_REGULARIZERS}.")
+    """The registered regularizer ``kind``'s loss (``"sft"``, ``"dpo"``, ``"dpo_noref"`` or a user's)."""
+    if kind not in grm_regularizers():
+        raise ValueError(f"Unknown GRM regularizer {kind!r}; choose one of {grm_regularizers()}.")
+    loss, _ = registered("grm_regularizer", kind)(logps_chosen, logps_rejected, beta, ref_logps_chosen,
+                                                  ref_logps_rejected)
+    return loss
 
 
 __all__ = [
-    "GRM_REGULARIZERS", "bradley_terry_loss", "center_rewards_penalty", "grm_dpo_loss", "grm_dpo_noref_loss",
+    "bradley_terry_loss", "grm_regularizers", "register_grm_regularizer", "center_rewards_penalty", "grm_dpo_loss", "grm_dpo_noref_loss",
     "grm_regularizer_loss", "grm_sft_loss", "sequence_logps",
 ]

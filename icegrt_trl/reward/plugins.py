@@ -28,7 +28,7 @@ from torch import nn
 
 from ..plugins.base import Plugin
 from ..plugins.registry import register_plugin
-from .losses import GRM_REGULARIZERS, grm_regularizer_loss, sequence_logps
+from .losses import grm_regularizer_loss, grm_regularizers, sequence_logps
 
 
 @dataclass
@@ -103,8 +103,8 @@ class GRMRegularizer(RewardLossPlugin):
 
     def __init__(self, regularizer: str = "sft", alpha: float = 0.01, beta: float = 0.1):
         super().__init__()
-        if regularizer not in GRM_REGULARIZERS:
-            raise ValueError(f"grm_regularizer={regularizer!r} must be one of {GRM_REGULARIZERS}.")
+        if regularizer not in grm_regularizers():
+            raise ValueError(f"grm_regularizer={regularizer!r} must be one of {grm_regularizers()}.")
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"grm_alpha={alpha} must lie in [0, 1].")
         self.regularizer, self.alpha, self.beta = regularizer, alpha, beta
