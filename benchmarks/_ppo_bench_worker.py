@@ -18,13 +18,10 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
-import io
 import json
 import os
-import pstats
 import resource
 import statistics
-import sys
 import tempfile
 import threading
 import time

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 
 import torch
 from torch import nn
@@ -235,3 +236,69 @@ def make_reference(policy: nn.Module) -> nn.Module:
     ref = copy.deepcopy(policy)
     ref.eval().requires_grad_(False)
     return ref
+
+
+VALUE_ADAPTER = "value"
+
+
+@dataclasses.dataclass
+class PPOModels:
+    """What :func:`assemble_models` builds: the trained wrapper and the frozen reference (``None`` under PEFT without a
+    given reference: the policy with adapters off, or ``ref_adapter_name``)."""
+
+    wrapper: PolicyAndValue
+    ref_model: nn.Module | None
+    is_peft: bool
+    policy_adapter: str | None
+
+
+def assemble_models(model: nn.Module, args, peft_config=None, value_model: nn.Module | None = None,
+                    ref_model: nn.Module | None = None) -> PPOModels:
+    """Policy, value model and reference as PPO trains them.
+
+    * PEFT (``peft_config`` or a ``PeftModel``): one base hosts the policy adapter (``model_adapter_name``, default
+      ``"default"``), a second adapter ``"value"`` (same LoRA config, no LM-head copy) with a scalar head, and the
+      reference (adapters off, or ``ref_adapter_name``).
+    * Full models: a copy of the policy's backbone with a new head as value model, a frozen copy as reference.
+    * ``value_model``: its backbone and (if it has one) its one-output ``score`` head initialise the critic.
+    """
+    from trl.trainer.utils import disable_dropout_in_model
+
+    is_peft = peft_config is not None or is_peft_model(model)
+    policy_adapter = None
+    if peft_config is not None:
+        if is_peft_model(model):
+            raise ValueError("`model` is already a PeftModel; do not pass `peft_config` as well.")
+        from peft import get_peft_model
+
+        policy_adapter = args.model_adapter_name or "default"
+        model = get_peft_model(model, peft_config, adapter_name=policy_adapter)
+    elif is_peft:
+        policy_adapter = args.model_adapter_name or model.active_adapter
+    if is_peft and args.ref_adapter_name and args.ref_adapter_name not in model.peft_config:
+        raise ValueError(f"ref_adapter_name={args.ref_adapter_name!r} is not an adapter of the model "
+                         f"({list(model.peft_config)}).")
+    device = next(model.parameters()).device
+    hidden = model.config.get_text_config().hidden_size
+    if value_model is not None:
+        value = ValueModel.from_model(value_model, args.value_head_init_std)
+    elif is_peft:
+        model.add_adapter(VALUE_ADAPTER, value_adapter_config(model.peft_config[policy_adapter], model))
+        head = new_value_head(hidden, args.value_head_init_std).to(device)
+        value = ValueModel(backbone_of(model), head, adapter=VALUE_ADAPTER, peft_model=model)
+    else:
+        head = new_value_head(hidden, args.value_head_init_std).to(device)
+        value = ValueModel(copy.deepcopy(backbone_of(model)), head)
+    if is_peft:  # both adapters trainable (add_adapter/set_adapter toggled requires_grad)
+        names = {policy_adapter} | ({VALUE_ADAPTER} if value_model is None else set())
+        for n, p in model.named_parameters():
+            if any(f".{a}." in n for a in names) and ("lora_" in n or "modules_to_save" in n):
+                p.requires_grad_(True)
+    if ref_model is None and not is_peft:
+        ref_model = make_reference(model)
+    if ref_model is not None:
+        ref_model.eval().requires_grad_(False)
+    for m in (model, value, ref_model):
+        if m is not None:
+            disable_dropout_in_model(m)
+    return PPOModels(PolicyAndValue(model, value, policy_adapter), ref_model, is_peft, policy_adapter)

@@ -22,57 +22,26 @@ import torch
 from datasets import Dataset
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
-from transformers.trainer_utils import load_sharded_checkpoint
 from trl.trainer.base_trainer import _BaseTrainer
 from trl.trainer.utils import RepeatSampler, disable_dropout_in_model, entropy_from_logits, identity, \
     selective_log_softmax
 
+from ..cards import write_ppo_model_card
 from ..plugins.registry import resolve_plugin
 from . import core
 from .config import PPOConfig
 from .data import decode_completions, is_conversational_prompt, prepare_prompt_dataset, prepare_ptx_rows
 from .generation import isolated_generation, log_ignored_generation_settings, rollout_generation_config
-from .modeling import PolicyAndValue, ValueModel, adapter_scope, backbone_of, is_peft_model, make_reference, \
-    new_value_head, position_ids_from, value_adapter_config
+from .checkpoints import (load_policy_and_value, load_rollout, read_ppo_state, save_policy_and_value, save_rollout,
+                          write_ppo_state)
+from .modeling import PolicyAndValue, adapter_scope, assemble_models, position_ids_from
 from .plugins import HOOK_NAMES, run_hooks
 from .rewards import build_reward_sources
-
-STATE_FILE = "icegrt_ppo_state.json"
-BUFFER_FILE = "icegrt_ppo_rollout_rank{rank}.pt"  # one per process: each rank resumes its own half-used rollout
-VALUE_HEAD_FILE = "value_head.safetensors"
-VALUE_MODEL_DIR = "value_model"
-VALUE_ADAPTER = "value"
-
-def _load_weights(model: nn.Module, folder: str) -> None:
-    """Load a ``save_pretrained`` folder (one file or sharded) into ``model`` in place."""
-    single = os.path.join(folder, "model.safetensors")
-    if os.path.exists(single):
-        from safetensors.torch import load_file
-
-        missing, unexpected = model.load_state_dict(load_file(single), strict=False)
-        tied = set(getattr(model, "_tied_weights_keys", None) or [])
-        if unexpected or [k for k in missing if k not in tied and "lm_head" not in k]:
-            raise ValueError(f"Checkpoint {folder} does not match the model: missing {missing}, unexpected {unexpected}.")
-    else:
-        load_sharded_checkpoint(model, folder, strict=False)
-
 
 def response_logprobs(logits: torch.Tensor, responses: torch.Tensor, temperature: float) -> torch.Tensor:
     """log π(token) under ``logits / temperature``, in fp32 whatever the logits' dtype (one recipe for the rollout,
     the reference and the training forward, so that equal logits give bit-equal log-probs)."""
     return selective_log_softmax(logits.float() / (temperature + 1e-7), responses)
-
-
-def split_wrapper_state_dict(state_dict: dict) -> dict[str, dict]:
-    """Split a consolidated ``PolicyAndValue`` state dict into ``policy``, ``head`` and ``backbone`` parts."""
-    prefixes = {"policy": "policy.", "head": "value_model.head.", "backbone": "value_model.backbone."}
-    parts: dict[str, dict] = {}
-    for key, value in state_dict.items():
-        for part, prefix in prefixes.items():
-            if key.startswith(prefix):
-                parts.setdefault(part, {})[key[len(prefix):]] = value
-                break
-    return parts
 
 
 _TENSOR_KEYS = ("query_responses", "query_response_mask", "responses", "response_mask", "logprobs",
@@ -143,47 +112,9 @@ class PPOTrainer(_BaseTrainer):
         self._validate_sizes(args, train_dataset, world)
 
         # ---- models
-        self.is_peft = peft_config is not None or is_peft_model(model)
-        policy_adapter = None
-        if peft_config is not None:
-            if is_peft_model(model):
-                raise ValueError("`model` is already a PeftModel; do not pass `peft_config` as well.")
-            from peft import get_peft_model
-
-            policy_adapter = args.model_adapter_name or "default"
-            model = get_peft_model(model, peft_config, adapter_name=policy_adapter)
-        elif self.is_peft:
-            policy_adapter = args.model_adapter_name or model.active_adapter
-        self.policy_adapter = policy_adapter
-        if self.is_peft and args.ref_adapter_name and args.ref_adapter_name not in model.peft_config:
-            raise ValueError(f"ref_adapter_name={args.ref_adapter_name!r} is not an adapter of the model "
-                             f"({list(model.peft_config)}).")
-        device_ref = next(model.parameters()).device
-        hidden = model.config.get_text_config().hidden_size
-        if value_model is not None:
-            value = ValueModel.from_model(value_model, args.value_head_init_std)
-        elif self.is_peft:
-            model.add_adapter(VALUE_ADAPTER, value_adapter_config(model.peft_config[policy_adapter], model))
-            head = new_value_head(hidden, args.value_head_init_std).to(device_ref)
-            value = ValueModel(backbone_of(model), head, adapter=VALUE_ADAPTER, peft_model=model)
-        else:
-            head = new_value_head(hidden, args.value_head_init_std).to(device_ref)
-            value = ValueModel(copy.deepcopy(backbone_of(model)), head)
-        if self.is_peft:  # both adapters trainable (add_adapter/set_adapter toggled requires_grad)
-            names = {policy_adapter} | ({VALUE_ADAPTER} if value_model is None else set())
-            for n, p in model.named_parameters():
-                if any(f".{a}." in n for a in names) and "lora_" in n or "modules_to_save" in n and any(
-                        f".{a}." in n for a in names):
-                    p.requires_grad_(True)
-        if ref_model is None and not self.is_peft:
-            ref_model = make_reference(model)
-        if ref_model is not None:
-            ref_model.eval().requires_grad_(False)
-        self.ref_model = ref_model
-        for m in (model, value, ref_model):
-            if m is not None:
-                disable_dropout_in_model(m)
-        wrapper = PolicyAndValue(model, value, policy_adapter)
+        models = assemble_models(model, args, peft_config, value_model, ref_model)
+        wrapper, model = models.wrapper, models.wrapper.policy
+        self.ref_model, self.is_peft, self.policy_adapter = models.ref_model, models.is_peft, models.policy_adapter
 
         # ---- rewards
         self.reward_sources = build_reward_sources(reward_model, tok, reward_processing_classes,
@@ -707,28 +638,17 @@ class PPOTrainer(_BaseTrainer):
         return {name: p.state_dict() for name, p in self.plugins.items() if hasattr(p, "state_dict")}
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        """Write policy (adapters under PEFT; `value/` holds the value adapter), value head, value backbone (without
-        PEFT), tokenizer, plugin state and model card. ``state_dict`` is the consolidated state Trainer passes under
-        DeepSpeed ZeRO-3 and FSDP (the live modules hold only shards there); it is split by module and saved."""
+        """The checkpoint layout of :mod:`icegrt_trl.ppo.checkpoints`, plus tokenizer, args and model card."""
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
-        from safetensors.torch import save_file
-
-        w = self._unwrapped()
-        parts = split_wrapper_state_dict(state_dict) if state_dict is not None else {}
-        w.policy.save_pretrained(output_dir, safe_serialization=True, state_dict=parts.get("policy"))
-        head = parts.get("head") or w.value_model.head.state_dict()
-        save_file({k: v.detach().contiguous().cpu() for k, v in head.items()}, os.path.join(output_dir, VALUE_HEAD_FILE))
-        if w.value_model.adapter is None:
-            w.value_model.backbone.save_pretrained(os.path.join(output_dir, VALUE_MODEL_DIR), safe_serialization=True,
-                                                   state_dict=parts.get("backbone"))
+        save_policy_and_value(self._unwrapped(), output_dir, state_dict)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
-        with open(os.path.join(output_dir, STATE_FILE), "w") as f:
-            json.dump({"plugins": self.plugin_state(), "global_step": self.state.global_step,
-                       "rollouts_done": self._rollouts_done, "rollout_metrics": self._rollout_metrics}, f, indent=1)
-        self._write_model_card(output_dir)
+        write_ppo_state(output_dir, self.plugin_state(), self.state.global_step, self._rollouts_done,
+                        self._rollout_metrics)
+        if self.is_world_process_zero():
+            write_ppo_model_card(self, output_dir)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         super().save_model(output_dir, _internal_call)
@@ -746,13 +666,10 @@ class PPOTrainer(_BaseTrainer):
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
-        folder = os.path.join(self._get_output_dir(trial), f"checkpoint-{self.state.global_step}")
         if self._buffer is not None and self._step % self.micro_steps_per_rollout != 0:
             # every process saves the half-used rollout it generated (its own prompts and samples)
-            os.makedirs(folder, exist_ok=True)
-            torch.save({k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in self._buffer.items()
-                        if k != "perms"} | {"perms": [p.cpu() for p in self._buffer["perms"]]},
-                       os.path.join(folder, BUFFER_FILE.format(rank=self.accelerator.process_index)))
+            folder = os.path.join(self._get_output_dir(trial), f"checkpoint-{self.state.global_step}")
+            save_rollout(self._buffer, folder, self.accelerator.process_index)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None,
               **kwargs):
@@ -769,73 +686,19 @@ class PPOTrainer(_BaseTrainer):
                              **kwargs)
 
     def _restore_ppo_state(self, ckpt: str) -> None:
-        state_path = os.path.join(ckpt, STATE_FILE)
-        if os.path.exists(state_path):
-            with open(state_path) as f:
-                state = json.load(f)
-            saved = state["plugins"]
+        state = read_ppo_state(ckpt)
+        if state is not None:
             self._rollout_metrics = dict(state.get("rollout_metrics", {}))  # metrics of the rollout in use
             self._rollouts_done = int(state.get("rollouts_done", 0))
             for name, p in self.plugins.items():
-                if name in saved:
-                    p.load_state_dict(saved[name])
-        buf = os.path.join(ckpt, BUFFER_FILE.format(rank=self.accelerator.process_index))
+                if name in state["plugins"]:
+                    p.load_state_dict(state["plugins"][name])
         self._step = None
-        if os.path.exists(buf):
-            data = torch.load(buf, weights_only=False)
-            dev = self.accelerator.device
-            self._buffer = {k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in data.items()}
-            self._buffer["perms"] = [p.to(dev) for p in data["perms"]]
-        else:
-            self._buffer = None
+        self._buffer = load_rollout(ckpt, self.accelerator.process_index, self.accelerator.device)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         """Model weights from our checkpoint layout (without DeepSpeed; its engine restores its own)."""
-        from safetensors.torch import load_file
-
-        w = self._unwrapped()
-        ckpt = resume_from_checkpoint
-        if self.is_peft:
-            from peft import set_peft_model_state_dict
-
-            for name in w.policy.peft_config:
-                sub = ckpt if name == "default" else os.path.join(ckpt, name)
-                path = os.path.join(sub, "adapter_model.safetensors")
-                if os.path.exists(path):
-                    set_peft_model_state_dict(w.policy, load_file(path), adapter_name=name)
-        else:
-            _load_weights(w.policy, ckpt)
-        w.value_model.head.load_state_dict(load_file(os.path.join(ckpt, VALUE_HEAD_FILE)))
-        if w.value_model.adapter is None:
-            _load_weights(w.value_model.backbone, os.path.join(ckpt, VALUE_MODEL_DIR))
-
-    def _write_model_card(self, output_dir: str) -> None:
-        if not self.is_world_process_zero():
-            return
-        last = {}
-        for entry in self.state.log_history:
-            last.update({k: v for k, v in entry.items() if isinstance(v, (int, float))})
-        base = getattr(self._unwrapped().config, "_name_or_path", "") or "a local model"
-        lines = [
-            "---", "library_name: transformers", "tags: [trl, ppo, icegrt-trl, generated_from_trainer]", "---", "",
-            "# PPO policy trained with icegrt-trl", "",
-            f"- Base model: `{base}`", f"- Recipe: `{self.args.recipe or 'none (Python API)'}`",
-            f"- PEFT: `{self.is_peft}` (policy adapter `{self.policy_adapter}`, value adapter "
-            f"`{self._unwrapped().value_model.adapter}`)",
-            "- Value head: `value_head.safetensors`" + (f", value backbone: `{VALUE_MODEL_DIR}/`"
-                                                         if self._unwrapped().value_model.adapter is None else ""),
-            "", "## Plugins", "",
-        ]
-        lines += [f"- {name}: `{type(p).__name__}` {json.dumps(p.state_dict()) if hasattr(p, 'state_dict') else ''}"
-                  for name, p in self.plugins.items()]
-        knobs = ("learning_rate", "num_ppo_epochs", "num_mini_batches", "num_samples_per_prompt", "kl_coef",
-                 "kl_estimator", "kl_penalty", "cliprange", "cliprange_value", "vf_coef", "gamma", "lam",
-                 "temperature", "top_p", "response_length", "value_warmup_steps", "ptx_coef")
-        lines += ["", "## Settings", ""] + [f"- {k}: `{getattr(self.args, k)}`" for k in knobs]
-        lines += ["", f"## Final metrics (step {self.state.global_step})", ""]
-        lines += [f"- {k}: {v:.4g}" if isinstance(v, float) else f"- {k}: {v}" for k, v in sorted(last.items())]
-        with open(os.path.join(output_dir, "README.md"), "w") as f:
-            f.write("\n".join(lines) + "\n")
+        load_policy_and_value(self._unwrapped(), resume_from_checkpoint, self.is_peft)
 
     def create_model_card(self, *args, **kwargs):  # ours is written by `_save`
         return None

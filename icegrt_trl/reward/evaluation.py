@@ -19,7 +19,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from .card import update_card_section
+from ..cards import update_card_section
 
 
 def pairwise_scores(rewards_chosen, rewards_rejected) -> np.ndarray:

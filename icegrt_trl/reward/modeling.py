@@ -22,7 +22,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .card import update_card_section
+from ..cards import update_card_section
 
 HEAD_TYPES = ("linear", "mlp")
 

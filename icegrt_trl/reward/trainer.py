@@ -27,7 +27,7 @@ from trl.data_utils import common_prefix_length, get_dataset_column_names
 from trl.trainer.reward_trainer import DataCollatorForPreference
 
 from ..plugins.registry import resolve_plugin
-from .card import update_card_section
+from ..cards import update_card_section
 from .config import RewardConfig
 from .losses import bradley_terry_loss, center_rewards_penalty
 from .plugins import GRMRegularizer, PluginLoss, RewardLossContext, RewardLossPlugin, unwrap_peft

@@ -1,0 +1,116 @@
+"""What a PPO checkpoint holds, and how it is written and read back.
+
+Layout of a saved folder (``save_model`` and every ``checkpoint-N``):
+
+* the policy: ``save_pretrained`` of the (PEFT) model — under PEFT every adapter, the value adapter in ``value/``;
+* ``value_head.safetensors``, and ``value_model/`` (the value backbone) when it is not a PEFT adapter;
+* ``icegrt_ppo_state.json``: plugin state (KL coefficient, reward moments, warm-up progress, ptx position, hooks),
+  ``global_step``, rollouts done, the metrics of the rollout in use;
+* ``icegrt_ppo_rollout_rank<r>.pt`` (checkpoints only, one per process): the half-used rollout, when the checkpoint
+  falls inside one, so resuming gives the same next steps on every rank.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+from torch import nn
+from transformers.trainer_utils import load_sharded_checkpoint
+
+STATE_FILE = "icegrt_ppo_state.json"
+BUFFER_FILE = "icegrt_ppo_rollout_rank{rank}.pt"
+VALUE_HEAD_FILE = "value_head.safetensors"
+VALUE_MODEL_DIR = "value_model"
+
+
+def split_wrapper_state_dict(state_dict: dict) -> dict[str, dict]:
+    """Split a consolidated ``PolicyAndValue`` state dict into ``policy``, ``head`` and ``backbone`` parts."""
+    prefixes = {"policy": "policy.", "head": "value_model.head.", "backbone": "value_model.backbone."}
+    parts: dict[str, dict] = {}
+    for key, value in state_dict.items():
+        for part, prefix in prefixes.items():
+            if key.startswith(prefix):
+                parts.setdefault(part, {})[key[len(prefix):]] = value
+                break
+    return parts
+
+
+def save_policy_and_value(wrapper, output_dir: str, state_dict: dict | None = None) -> None:
+    """Policy, value head and value backbone. ``state_dict``: the consolidated state Trainer gathers under DeepSpeed
+    ZeRO-3 and FSDP (the live modules hold only shards there), split by module and saved instead."""
+    from safetensors.torch import save_file
+
+    parts = split_wrapper_state_dict(state_dict) if state_dict is not None else {}
+    wrapper.policy.save_pretrained(output_dir, safe_serialization=True, state_dict=parts.get("policy"))
+    head = parts.get("head") or wrapper.value_model.head.state_dict()
+    save_file({k: v.detach().contiguous().cpu() for k, v in head.items()}, os.path.join(output_dir, VALUE_HEAD_FILE))
+    if wrapper.value_model.adapter is None:
+        wrapper.value_model.backbone.save_pretrained(os.path.join(output_dir, VALUE_MODEL_DIR),
+                                                     safe_serialization=True, state_dict=parts.get("backbone"))
+
+
+def _load_weights(model: nn.Module, folder: str) -> None:
+    """Load a ``save_pretrained`` folder (one file or sharded) into ``model`` in place."""
+    single = os.path.join(folder, "model.safetensors")
+    if os.path.exists(single):
+        from safetensors.torch import load_file
+
+        missing, unexpected = model.load_state_dict(load_file(single), strict=False)
+        tied = set(getattr(model, "_tied_weights_keys", None) or [])
+        if unexpected or [k for k in missing if k not in tied and "lm_head" not in k]:
+            raise ValueError(f"Checkpoint {folder} does not match the model: missing {missing}, unexpected {unexpected}.")
+    else:
+        load_sharded_checkpoint(model, folder, strict=False)
+
+
+def load_policy_and_value(wrapper, folder: str, is_peft: bool) -> None:
+    """Read back what :func:`save_policy_and_value` wrote, into the live modules."""
+    from safetensors.torch import load_file
+
+    if is_peft:
+        from peft import set_peft_model_state_dict
+
+        for name in wrapper.policy.peft_config:
+            sub = folder if name == "default" else os.path.join(folder, name)
+            path = os.path.join(sub, "adapter_model.safetensors")
+            if os.path.exists(path):
+                set_peft_model_state_dict(wrapper.policy, load_file(path), adapter_name=name)
+    else:
+        _load_weights(wrapper.policy, folder)
+    wrapper.value_model.head.load_state_dict(load_file(os.path.join(folder, VALUE_HEAD_FILE)))
+    if wrapper.value_model.adapter is None:
+        _load_weights(wrapper.value_model.backbone, os.path.join(folder, VALUE_MODEL_DIR))
+
+
+def write_ppo_state(output_dir: str, plugins: dict, global_step: int, rollouts_done: int,
+                    rollout_metrics: dict) -> None:
+    with open(os.path.join(output_dir, STATE_FILE), "w") as f:
+        json.dump({"plugins": plugins, "global_step": global_step, "rollouts_done": rollouts_done,
+                   "rollout_metrics": rollout_metrics}, f, indent=1)
+
+
+def read_ppo_state(folder: str) -> dict | None:
+    path = os.path.join(folder, STATE_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def save_rollout(buffer: dict, folder: str, rank: int) -> None:
+    os.makedirs(folder, exist_ok=True)
+    data = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in buffer.items() if k != "perms"}
+    data["perms"] = [p.cpu() for p in buffer["perms"]]
+    torch.save(data, os.path.join(folder, BUFFER_FILE.format(rank=rank)))
+
+
+def load_rollout(folder: str, rank: int, device) -> dict | None:
+    path = os.path.join(folder, BUFFER_FILE.format(rank=rank))
+    if not os.path.exists(path):
+        return None
+    data = torch.load(path, weights_only=False)
+    buffer = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in data.items()}
+    buffer["perms"] = [p.to(device) for p in data["perms"]]
+    return buffer
