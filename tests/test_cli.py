@@ -134,3 +134,26 @@ def test_local_dataset_files_are_read_once_and_split_names_checked(tmp_path):
     assert first[0]["chosen"] == " 1 2" and ctx.dataset(args, "train") is first
     with pytest.raises(RecipeError, match=r"has no split 'test'. Available splits: \['train'\]"):
         ctx.dataset(args, "test")
+
+
+def test_every_option_of_ours_has_help_a_user_can_act_on():
+    """Fields icegrt-trl adds (PPOConfig, RewardConfig, the stages' dataclasses) carry prose help, not a label."""
+    import dataclasses
+
+    import trl
+    from transformers import TrainingArguments
+
+    from icegrt_trl.stages import STAGE_REGISTRY, get_stage
+
+    inherited = {f.name for f in dataclasses.fields(TrainingArguments)} | \
+        {f.name for f in dataclasses.fields(trl.RewardConfig)} | {f.name for f in dataclasses.fields(trl.SFTConfig)}
+    short = []
+    for name in STAGE_REGISTRY:
+        for cls in get_stage(name).config_classes:
+            if cls.__module__.startswith("trl") or cls.__module__.startswith("transformers"):
+                continue  # TRL's and transformers' own configs keep their help
+            for f in dataclasses.fields(cls):
+                if f.name not in inherited or f.name == "learning_rate" and cls.__name__ == "PPOConfig":
+                    if len(f.metadata.get("help", "")) < 30:
+                        short.append(f"{cls.__name__}.{f.name}")
+    assert short == []

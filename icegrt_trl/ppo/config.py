@@ -87,63 +87,134 @@ class PPOConfig(_BaseConfig):
         recipe (`str`, *optional*): name of the recipe that produced the run, written to the model card.
     """
 
-    learning_rate: float = field(default=3e-6, metadata={"help": "The initial learning rate for AdamW."})
-    # --- trl 1.12 fields
-    dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for dataset tokenization."})
+    # ---------------------------------------------------------------- optimization
+    learning_rate: float = field(default=3e-6, metadata={
+        "help": "AdamW learning rate of the policy (trl 1.12's default 3e-6; Qwen: 1e-6 for 7B+ models). The value "
+                "model uses value_learning_rate when set."})
+    value_learning_rate: float | None = field(default=None, metadata={
+        "help": "Own learning rate for the value model / value adapter / value head (Qwen §3.2: 5e-6 next to a "
+                "policy lr of 1e-6). Default: learning_rate. Trainer's weight-decay split and weight_decay apply."})
+    value_warmup_steps: int = field(default=0, metadata={
+        "help": "First N optimizer steps train only the value model, the policy frozen (Qwen §3.2: 50), so that the "
+                "first policy updates see a fitted critic. Counts optimizer steps (num_ppo_epochs × "
+                "num_mini_batches per rollout)."})
+    vf_coef: float = field(default=0.1, metadata={
+        "help": "Weight of the value loss in the total loss (trl 1.12's default)."})
+    value_head_init_std: float = field(default=0.0, metadata={
+        "help": "Std of the new value head's weights; 0 (default) starts every value at 0, so the first value step "
+                "moves only the head. Ignored when value_model= has a one-output `score` head."})
+    # ---------------------------------------------------------------- rollout size and reuse (see the class docstring)
     num_mini_batches: int = field(default=1, metadata={
         "help": "Optimizer steps per pass over a rollout (of per_device_train_batch_size × "
                 "gradient_accumulation_steps sequences per process, as in trl 1.12). Each step accumulates "
                 "gradient_accumulation_steps micro-batches of per_device_train_batch_size / num_mini_batches "
                 "sequences, so it must divide per_device_train_batch_size."})
-    total_episodes: int | None = field(default=None, metadata={"help": "Total number of episodes (sequences)."})
-    local_rollout_forward_batch_size: int = field(default=64, metadata={"help": "Rows per no-grad rollout forward."})
-    num_sample_generations: int = field(default=10, metadata={"help": "Sample-completion logs during training."})
-    response_length: int = field(default=53, metadata={"help": "Length of the response."})
-    stop_token: Literal["eos"] | None = field(default=None, metadata={"help": "'eos' or None."})
-    stop_token_id: int | None = field(default=None, metadata={"help": "Stop token id; exclusive with stop_token."})
-    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature."})
-    missing_eos_penalty: float | None = field(default=None, metadata={"help": "Score penalty without EOS."})
-    model_adapter_name: str | None = field(default=None, metadata={"help": "Trained PEFT adapter name."})
-    ref_adapter_name: str | None = field(default=None, metadata={"help": "Reference PEFT adapter name."})
-    num_ppo_epochs: int = field(default=4, metadata={"help": "Passes over each rollout."})
-    whiten_rewards: bool = field(default=False, metadata={"help": "Whiten the rewards."})
-    kl_coef: float = field(default=0.05, metadata={"help": "KL coefficient (initial, for adaptive control)."})
+    num_ppo_epochs: int = field(default=4, metadata={
+        "help": "Passes over each rollout before generating the next (trl 1.12's default 4). More passes reuse "
+                "samples more but drift further off-policy: watch policy/clipfrac_avg and policy/approxkl_avg."})
+    total_episodes: int | None = field(default=None, metadata={
+        "help": "Sequences to generate in the whole run (trl 1.12's name). Default: num_train_epochs × prompts × "
+                "num_samples_per_prompt. Sets max_steps = ceil(total_episodes / global rollout size) × num_ppo_epochs "
+                "× num_mini_batches unless max_steps is given."})
+    num_samples_per_prompt: int = field(default=1, metadata={
+        "help": "Responses sampled per prompt in a rollout (Qwen: 2). The samples of one prompt stay on one process "
+                "and in one rollout, so it must divide per_device_train_batch_size × gradient_accumulation_steps. "
+                "Needed (≥ 2) by advantage_normalization='group'."})
+    local_rollout_forward_batch_size: int = field(default=64, metadata={
+        "help": "Rows per chunk of the no-grad work of a rollout (generation, old/reference log-probs, values, reward "
+                "scores); lower it if the rollout runs out of memory. Does not change results."})
+    # ---------------------------------------------------------------- sampling (the only settings the rollout uses)
+    response_length: int = field(default=53, metadata={
+        "help": "Maximum new tokens per response (trl 1.12's default 53). Responses stop earlier at the stop token."})
+    temperature: float = field(default=0.7, metadata={
+        "help": "Sampling temperature; the log-probabilities PPO optimizes use the same temperature (trl 1.12's "
+                "default 0.7). The model's own generation_config is ignored (a warning names what it sets)."})
+    top_p: float = field(default=1.0, metadata={
+        "help": "Nucleus sampling (Qwen: 0.9); 1.0 = off. Truncates sampling only; log-probabilities are not "
+                "renormalized (as in trl 1.12)."})
+    top_k: int = field(default=0, metadata={"help": "Top-k sampling; 0 = off. Truncates sampling only, like top_p."})
+    stop_token: Literal["eos"] | None = field(default=None, metadata={
+        "help": "'eos': responses end at the tokenizer's EOS (included, then padding). Exclusive with "
+                "stop_token_id. Without either, the model's generation_config.eos_token_id is the stop token."})
+    stop_token_id: int | None = field(default=None, metadata={
+        "help": "A token id that ends responses (e.g. <|im_end|>); exclusive with stop_token."})
+    max_prompt_length: int | None = field(default=None, metadata={
+        "help": "Longer prompts are truncated from the left, with a warning that counts them. Default: the model's "
+                "max_position_embeddings − response_length."})
+    # ---------------------------------------------------------------- reward
+    reward_weights: list[float] | None = field(default=None, metadata={
+        "help": "Weight of each reward source when reward_model is a list (default: all 1); one per source."})
+    missing_eos_penalty: float | None = field(default=None, metadata={
+        "help": "Subtracted from the score of responses that end without the stop token (positive; trl 1.12). "
+                "Discourages rambling to response_length."})
+    reward_scaling: str = field(default="none", metadata={
+        "help": "How raw scores become the scores PPO optimizes: 'none'; 'running_meanstd' (Qwen's running-mean "
+                "normalization: (s − mean)/std over all scores so far); 'running_std' (s/std, keeps sign and offset); "
+                "'fixed' (s × reward_scale). Running statistics are all-reduced over processes, the std is floored "
+                "at 0.01, and they are saved in checkpoints. Any registered 'reward_scaling' plugin name."})
+    reward_scale: float = field(default=1.0, metadata={
+        "help": "Factor of reward_scaling='fixed' (ICE-GRT-style reward size scaling)."})
+    reward_clip: float | None = field(default=None, metadata={
+        "help": "Clip scaled scores to ±reward_clip (after reward_scaling); e.g. 5 with running_meanstd."})
+    whiten_rewards: bool = field(default=False, metadata={
+        "help": "Scale the token rewards to unit variance (mean kept) before GAE, over all processes (trl 1.12)."})
+    # ---------------------------------------------------------------- KL regularization
+    kl_coef: float = field(default=0.05, metadata={
+        "help": "β of the KL penalty (trl 1.12's default; Qwen: 0.04). The start value when kl_controller="
+                "'adaptive'."})
+    kl_penalty: Literal["reward", "loss"] = field(default="reward", metadata={
+        "help": "'reward': −β·KL per token in the rewards (classic PPO-RLHF, Ziegler et al. 2019); 'loss': β·KL "
+                "added to the policy loss (GRPO-style), with kl_estimator k3 by default."})
     kl_estimator: str | None = field(default=None, metadata={
         "help": "KL estimator (Schulman, 'Approximating KL Divergence'): k1 = log π − log π_ref, k2 = ½(log r)², "
                 "k3 = (r − 1) − log r. Default: k1 with kl_penalty='reward' (trl 1.12's default), k3 with "
                 "kl_penalty='loss' (k1's gradient has expectation 0 as a loss, so it does not regularize; refused)."})
+    kl_controller: str = field(default="fixed", metadata={
+        "help": "'fixed' β, or 'adaptive' (Ziegler et al. 2019; ICE-GRT's KL control): β moves to keep the mean "
+                "sequence KL near kl_target. Helped most against a learned reward model here (docs/ppo.md)."})
+    kl_target: float = field(default=6.0, metadata={
+        "help": "Adaptive controller: target mean sequence KL in nats (old TRL default 6.0; short responses need "
+                "less, e.g. 0.5 on the testbed)."})
+    kl_horizon: int = field(default=10000, metadata={
+        "help": "Adaptive controller: horizon in sequences; β changes by at most a factor 1 ± 0.2·n/horizon per rollout of n sequences."})
+    # ---------------------------------------------------------------- advantages and losses
     advantage_estimator: str = field(default="gae", metadata={
         "help": "How advantages and returns are computed from the token rewards and values: 'gae' (generalized "
                 "advantage estimation, Schulman et al. 2016, with gamma and lam). Register more with "
                 "icegrt_trl.ppo.core.register_advantage_estimator."})
+    gamma: float = field(default=1.0, metadata={"help": "Discount per token in GAE (1.0: none, as in trl 1.12)."})
+    lam: float = field(default=0.95, metadata={
+        "help": "GAE λ: 1 = Monte-Carlo returns (unbiased, noisy), 0 = one-step TD (biased by the critic)."})
+    advantage_normalization: str = field(default="whiten", metadata={
+        "help": "ICE-GRT's advantage normalization: 'whiten' ((A − mean)/std over every response token of all "
+                "processes; trl 1.12 did it per process), 'group' (within the num_samples_per_prompt samples of each "
+                "prompt), 'none'."})
     policy_loss_type: str = field(default="ppo_clip", metadata={
         "help": "Policy loss: 'ppo_clip' (clipped surrogate, Schulman et al. 2017, with cliprange). Register more with "
                 "icegrt_trl.ppo.core.register_policy_loss."})
+    cliprange: float = field(default=0.2, metadata={
+        "help": "PPO ratio clip ε: the surrogate ignores ratios outside [1 − ε, 1 + ε] (trl 1.12's default 0.2)."})
     value_loss_type: str = field(default="clipped_mse", metadata={
         "help": "Value loss: 'clipped_mse' (½·max of the squared errors of the new and the clipped value, with "
                 "cliprange_value; as trl 1.12). Register more with icegrt_trl.ppo.core.register_value_loss."})
-    cliprange: float = field(default=0.2, metadata={"help": "Clip range."})
-    vf_coef: float = field(default=0.1, metadata={"help": "Value function coefficient."})
-    cliprange_value: float = field(default=0.2, metadata={"help": "Clip range for the value function."})
-    gamma: float = field(default=1.0, metadata={"help": "Discount factor."})
-    lam: float = field(default=0.95, metadata={"help": "Lambda value for GAE."})
-    # --- icegrt-trl fields
-    num_samples_per_prompt: int = field(default=1, metadata={"help": "Responses per prompt (Qwen: 2)."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling p (Qwen: 0.9)."})
-    top_k: int = field(default=0, metadata={"help": "Top-k sampling (0 = off)."})
-    max_prompt_length: int | None = field(default=None, metadata={"help": "Left-truncate longer prompts."})
-    reward_weights: list[float] | None = field(default=None, metadata={"help": "Weights of the reward sources."})
-    reward_scaling: str = field(default="none", metadata={"help": "none|running_meanstd|running_std|fixed."})
-    reward_scale: float = field(default=1.0, metadata={"help": "Factor of reward_scaling='fixed'."})
-    reward_clip: float | None = field(default=None, metadata={"help": "Clip scaled scores to ±reward_clip."})
-    kl_controller: str = field(default="fixed", metadata={"help": "fixed|adaptive."})
-    kl_target: float = field(default=6.0, metadata={"help": "Adaptive KL target."})
-    kl_horizon: int = field(default=10000, metadata={"help": "Adaptive KL horizon."})
-    kl_penalty: Literal["reward", "loss"] = field(default="reward", metadata={"help": "KL in reward or in loss."})
-    advantage_normalization: str = field(default="whiten", metadata={"help": "whiten|none|group."})
-    value_warmup_steps: int = field(default=0, metadata={"help": "Value-only optimizer steps first (Qwen: 50)."})
-    value_learning_rate: float | None = field(default=None, metadata={"help": "Value model learning rate."})
-    ptx_coef: float = field(default=0.0, metadata={"help": "Weight of the ptx (pretraining) loss."})
+    cliprange_value: float = field(default=0.2, metadata={
+        "help": "Value clip: new values may move at most this far from the rollout's (trl 1.12: 0.2; Qwen: 0.15). "
+                "Mind the scale of the returns (see reward_scaling)."})
+    ptx_coef: float = field(default=0.0, metadata={
+        "help": "Weight of the next-token loss on ptx_dataset added to each policy update (Qwen's pretraining "
+                "gradient, InstructGPT's PPO-ptx) against the alignment tax; > 0 needs PPOTrainer(ptx_dataset=...)."})
+    ptx_batch_size: int | None = field(default=None, metadata={
+        "help": "Rows of ptx_dataset per micro-batch (default: the micro-batch size, per_device_train_batch_size / "
+                "num_mini_batches)."})
+    # ---------------------------------------------------------------- models and saving
+    model_adapter_name: str | None = field(default=None, metadata={
+        "help": "PEFT: the adapter to train when the model holds several (default: 'default' with peft_config, "
+                "else the active one)."})
+    ref_adapter_name: str | None = field(default=None, metadata={
+        "help": "PEFT: an adapter to use as the reference (default: all adapters off, i.e. the base model)."})
+    save_merged_model: bool = field(default=False, metadata={
+        "help": "PEFT: save_model also writes the policy merged into its base to <output_dir>/merged (not possible "
+                "on a 4-bit base: then only the adapters are saved, with a warning)."})
     ds3_gather_for_generation: bool = field(default=True, metadata={
         "help": "DeepSpeed ZeRO-3 only: gather the sharded policy once for the whole generation (fast, needs the "
                 "full model in memory on each GPU); False generates layer by layer (slow, fits larger models). "
@@ -156,10 +227,15 @@ class PPOConfig(_BaseConfig):
         "help": "The reward model, read by the `ppo` stage of a recipe: 'stage:reward' (default there), a folder or "
                 "Hub id of a sequence classifier, or 'gold' (the testbed's gold reward). PPOTrainer itself takes "
                 "`reward_model=` and warns that it ignores this field."})
-    ptx_batch_size: int | None = field(default=None, metadata={"help": "ptx rows per micro-batch."})
-    value_head_init_std: float = field(default=0.0, metadata={"help": "Std of the new value head's weights."})
-    save_merged_model: bool = field(default=False, metadata={"help": "Also save the merged PEFT policy."})
-    recipe: str | None = field(default=None, metadata={"help": "Recipe name for the model card."})
+    # ---------------------------------------------------------------- data and logging
+    dataset_num_proc: int | None = field(default=None, metadata={
+        "help": "Processes for tokenizing the prompt datasets (datasets.map num_proc)."})
+    num_sample_generations: int = field(default=10, metadata={
+        "help": "How many times during training to write greedy completions of 4 eval_dataset prompts to "
+                "<output_dir>/sample_generations.jsonl (0 disables; needs eval_dataset)."})
+    recipe: str | None = field(default=None, metadata={
+        "help": "Name of the recipe that produced the run, written to the model card (the CLI sets it)."})
+
     def __post_init__(self):
         errors = []
         from . import core

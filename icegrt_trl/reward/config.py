@@ -46,16 +46,31 @@ class RewardConfig(_TRLRewardConfig):
             is cut first) or ``"error"``.
     """
 
-    label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing ε of the Bradley–Terry loss."})
-    loss_plugins: list[str] = field(default_factory=list, metadata={"help": "Names of 'reward_loss' plugins."})
-    grm_regularizer: str | None = field(
-        default=None, metadata={"help": "GRM regularizer: None, 'sft', 'dpo' or 'dpo_noref'."}
-    )
-    grm_alpha: float = field(default=0.01, metadata={"help": "GRM weight α: (1−α)·L_BT + α·L_reg."})
-    grm_beta: float = field(default=0.1, metadata={"help": "GRM β inside log σ(β·…)."})
-    identical_pairs: str = field(default="drop", metadata={"help": "'drop' or 'error' on chosen == rejected."})
-    empty_completions: str = field(default="error", metadata={"help": "'error' or 'drop' on empty completions."})
-    over_length: str = field(default="drop", metadata={"help": "'drop', 'truncate' or 'error' beyond max_length."})
+    # ---------------------------------------------------------------- loss
+    label_smoothing: float = field(default=0.0, metadata={
+        "help": "Share ε of pairs assumed mislabeled: L = −(1−ε)·log σ(d) − ε·log σ(−d). Set it to the known "
+                "label-noise rate of the data (the testbed's preference split: 0.2); must lie in [0, 0.5)."})
+    loss_plugins: list[str] = field(default_factory=list, metadata={
+        "help": "Names of extra-loss plugins (kind 'reward_loss', e.g. 'grm'), each built from this config; "
+                "instances go to RewardTrainer(loss_plugins=...). A plugin may be named once."})
+    grm_regularizer: str | None = field(default=None, metadata={
+        "help": "GRM (Yang et al. 2024) text-generation regularizer on the reward model's hidden states: 'sft', "
+                "'dpo' (reference = adapters off under LoRA, else a frozen copy) or 'dpo_noref'. Needs a reward "
+                "model that keeps its LM head (GRMRewardModel; the reward stage builds one). Shorthand for "
+                "loss_plugins=['grm']."})
+    grm_alpha: float = field(default=0.01, metadata={
+        "help": "GRM weight α in L = (1 − α)·L_BT + α·L_reg (GRM's default 0.01; larger α regularizes more); "
+                "in [0, 1]."})
+    grm_beta: float = field(default=0.1, metadata={"help": "GRM β inside the regularizer's log σ(β·…) (GRM: 0.1)."})
+    # ---------------------------------------------------------------- bad rows
+    identical_pairs: str = field(default="drop", metadata={
+        "help": "Rows whose chosen equals rejected carry no preference: 'drop' (counted in trainer.data_report and "
+                "the model card) or 'error'."})
+    empty_completions: str = field(default="error", metadata={
+        "help": "Rows with an empty chosen or rejected completion: 'error' (default) or 'drop' (counted)."})
+    over_length: str = field(default="drop", metadata={
+        "help": "Rows longer than max_length tokens: 'drop' (TRL's behaviour, now counted), 'truncate' (keep the "
+                "last max_length tokens: the reward is read at the final token; the prompt is cut first) or 'error'."})
 
     def __post_init__(self):
         super().__post_init__()

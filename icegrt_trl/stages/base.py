@@ -26,6 +26,43 @@ STAGE_PREFIX = "stage:"
 TESTBED_PREFIX = "testbed:"
 
 
+def _docstring_args(cls) -> dict[str, str]:
+    """``name: text`` entries of the ``Args:`` sections of `cls` and its bases (the nearest class wins)."""
+    import inspect
+    import re
+
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        doc = inspect.cleandoc(klass.__dict__.get("__doc__") or "")
+        if "Args:" not in doc:
+            continue
+        current = None
+        for line in doc.split("Args:", 1)[1].splitlines():
+            m = re.match(r"^    (\w+)(?: \(.*?\))?: (.*)$", line)
+            if m:
+                current = m.group(1)
+                out[current] = m.group(2).strip()
+            elif current and line.startswith("        "):
+                out[current] += " " + line.strip()
+            elif line.strip():
+                current = None
+    return out
+
+
+def documented(cls):
+    """Give every field of the dataclass `cls` without a ``help`` the text of its docstring's ``Args:`` entry, so
+    ``icegrt-trl <stage> --help`` shows what the docstring says (one source for both)."""
+    import types
+
+    texts = _docstring_args(cls)
+    for f in dataclasses.fields(cls):
+        if "help" not in f.metadata and f.name in texts:
+            text = texts[f.name].replace("``", "").replace("`", "").replace("%", "%%")  # plain text for argparse
+            f.metadata = types.MappingProxyType({**f.metadata, "help": text})
+    return cls
+
+
+@documented
 @dataclass
 class DataArguments:
     """Where a stage's data comes from.

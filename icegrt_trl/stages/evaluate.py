@@ -8,13 +8,14 @@ from typing import Any
 from trl import ModelConfig
 
 from ..recipe import RecipeError
-from .base import DataArguments, RunContext, Stage
+from .base import DataArguments, RunContext, Stage, documented
 from .judge import JudgeArguments, eval_prompts
 from .loading import load_model, load_tokenizer, save_dir_exists
 
 POLICY_STAGES = ("sft", "ppo", "rlp")
 
 
+@documented
 @dataclass
 class EvalArguments:
     """Options of the eval stage.

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import RunContext
+from .base import RunContext, documented
 
 
+@documented
 @dataclass
 class JudgeArguments:
     """How stages judge a policy on the testbed's held-out `eval` prompts with the hidden gold reward.

@@ -8,16 +8,25 @@ from typing import Any
 from trl import ModelConfig, get_peft_config
 
 from ..ppo import PPOConfig, PPOTrainer
-from .base import DataArguments, RunContext, Stage
+from .base import DataArguments, RunContext, Stage, documented
 from .judge import JudgeArguments, judge_policy
 from .loading import load_model, load_tokenizer
 
 
+@documented
 @dataclass
 class PPODataArguments(DataArguments):
+    """Prompts for PPO.
+
+    Args:
+        dataset_train_split: split of prompts to sample responses for (a `prompt` column, text or chat messages).
+        dataset_eval_splits: prompts for `evaluate()` and the sample generations (the first one is used).
+    """
+
     dataset_train_split: str | None = "unlabeled"
 
 
+@documented
 @dataclass
 class PPORewardArguments:
     """Where PPO's reward comes from.

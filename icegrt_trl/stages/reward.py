@@ -16,16 +16,25 @@ from trl import ModelConfig, get_peft_config
 from ..recipe import RecipeError
 from ..reward import GRMRewardModel, RewardConfig, RewardTrainer
 from ..reward.evaluation import evaluate_reward_model, flatten_results, write_reward_eval
-from .base import DataArguments, RunContext, Stage
+from .base import DataArguments, RunContext, Stage, documented
 from .loading import load_model, load_tokenizer
 
 
+@documented
 @dataclass
 class RewardDataArguments(DataArguments):
+    """Preference data (TRL's `prompt`/`chosen`/`rejected` format, text or conversational).
+
+    Args:
+        dataset_train_split: split of preference pairs to train on.
+        dataset_eval_splits: splits on which the stage reports pairwise accuracy with bootstrap intervals.
+    """
+
     dataset_train_split: str | None = "preferences"
     dataset_eval_splits: list[str] = field(default_factory=lambda: ["preferences_id", "preferences_ood"])
 
 
+@documented
 @dataclass
 class RewardModelArguments:
     """How the reward model is built.
@@ -39,16 +48,17 @@ class RewardModelArguments:
         eval_bootstrap_samples: resamples of the accuracy confidence intervals.
     """
 
-    reward_model_type: str = field(default="auto", metadata={"help": "'grm' (LM head kept), 'classifier' or 'auto'."})
-    head_type: str = field(default="mlp", metadata={"help": "GRM reward head: 'mlp' or 'linear'."})
-    head_hidden_size: int = field(default=1024, metadata={"help": "Width of the MLP reward head."})
-    eval_bootstrap_samples: int = field(default=1000, metadata={"help": "Bootstrap resamples of accuracy CIs."})
+    reward_model_type: str = "auto"
+    head_type: str = "mlp"
+    head_hidden_size: int = 1024
+    eval_bootstrap_samples: int = 1000
 
     def __post_init__(self):
         if self.reward_model_type not in ("auto", "grm", "classifier"):
             raise ValueError(f"reward_model_type={self.reward_model_type!r} must be 'auto', 'grm' or 'classifier'.")
 
 
+@documented
 @dataclass
 class PMPArguments:
     """Qwen-style preference-model pretraining (PMP) before the reward-model fine-tune.
@@ -59,9 +69,9 @@ class PMPArguments:
         pmp_learning_rate: learning rate of the PMP phase (default: the stage's `learning_rate`).
     """
 
-    pmp_split: str = field(default="preferences_pmp", metadata={"help": "Large, noisy comparison split for PMP."})
-    pmp_num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs of the PMP phase (Qwen: 1)."})
-    pmp_learning_rate: float | None = field(default=None, metadata={"help": "PMP learning rate (default: learning_rate)."})
+    pmp_split: str = "preferences_pmp"
+    pmp_num_train_epochs: float = 1.0
+    pmp_learning_rate: float | None = None
 
 
 def _build_model(ctx: RunContext, model_args: ModelConfig, margs: RewardModelArguments, args: RewardConfig,

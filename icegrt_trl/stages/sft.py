@@ -7,13 +7,20 @@ from typing import Any
 
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
-from .base import DataArguments, RunContext, Stage
+from .base import DataArguments, RunContext, Stage, documented
 from .judge import JudgeArguments, judge_policy
 from .loading import load_model, load_tokenizer
 
 
+@documented
 @dataclass
 class SFTDataArguments(DataArguments):
+    """Demonstrations (TRL's `prompt`/`completion` or `messages` format).
+
+    Args:
+        dataset_train_split: split of demonstrations to train on.
+    """
+
     dataset_train_split: str | None = "sft"
 
 
