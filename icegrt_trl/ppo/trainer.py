@@ -634,7 +634,7 @@ class PPOTrainer(_BaseTrainer):
         return {f"{metric_key_prefix}_objective/scores": score}
 
     # ------------------------------------------------------------------ saving and resuming
-    def plugin_state(self) -> dict:
+    def plugin_state_dict(self) -> dict:
         return {name: p.state_dict() for name, p in self.plugins.items() if hasattr(p, "state_dict")}
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
@@ -645,7 +645,7 @@ class PPOTrainer(_BaseTrainer):
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
-        write_ppo_state(output_dir, self.plugin_state(), self.state.global_step, self._rollouts_done,
+        write_ppo_state(output_dir, self.plugin_state_dict(), self.state.global_step, self._rollouts_done,
                         self._rollout_metrics)
         if self.is_world_process_zero():
             write_ppo_model_card(self, output_dir)
