@@ -157,3 +157,17 @@ def test_every_option_of_ours_has_help_a_user_can_act_on():
                     if len(f.metadata.get("help", "")) < 30:
                         short.append(f"{cls.__name__}.{f.name}")
     assert short == []
+
+
+@pytest.mark.parametrize("stages, testbed, message", [
+    ({"sft": {}}, {}, "model_name_or_path is required, e.g. 'testbed:llama'"),
+    ({"sft": {"model_name_or_path": "testbed:llama"}}, {"label_noise": 0.7}, "Recipe section 'testbed': .*label_noise"),
+    ({"ppo": {"num_samples_per_prompt": 0}}, {}, "num_samples_per_prompt must be >= 1"),
+])
+def test_more_bad_recipes_exit_2_with_one_line(tmp_path, capsys, stages, testbed, message):
+    import re
+
+    path = _recipe(tmp_path, {"stages": stages, "testbed": testbed})
+    assert main(["pipeline", path, "--output_dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and "Traceback" not in err, err

@@ -177,8 +177,8 @@ def test_plugins_by_config_string_and_unknown_name(reward_tok, reward_data, rewa
     trainer = RewardTrainer(model=_grm(reward_tok), args=reward_args(loss_plugins=["grm"]),
                             train_dataset=reward_data["preferences"], processing_class=reward_tok)
     assert trainer.loss_plugins[0].describe() == "grm(regularizer=sft, alpha=0.01, beta=0.1)"
-    with pytest.raises(PluginRegistryError, match="Unknown reward_loss plugin 'uml'"):
-        RewardTrainer(model=_grm(reward_tok), args=reward_args(loss_plugins=["uml"]),
+    with pytest.raises(PluginRegistryError, match="Unknown reward_loss plugin 'umll'"):
+        RewardTrainer(model=_grm(reward_tok), args=reward_args(loss_plugins=["umll"]),
                       train_dataset=reward_data["preferences"], processing_class=reward_tok)
 
 

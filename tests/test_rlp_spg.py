@@ -165,3 +165,28 @@ def test_nli_judge_strict_and_loose_rules(tiny_cross_encoder):
     assert len(real) == 3 and all(isinstance(v, bool) for v in real)
     with pytest.raises(ValueError, match="mode='both' must be 'strict'"):
         NLIJudge(tiny_cross_encoder, mode="both")
+
+
+def test_pairwise_accuracy_on_samples_hand_computed():
+    from icegrt_trl.rlp.sampling import pairwise_accuracy_on_samples
+
+    gold = [[1.0, 0.5, 0.5], [0.0, 1.0]]
+    scores = [[2.0, 1.0, 3.0], [0.3, 0.3]]
+    # prompt 1: pairs (0,1) right, (0,2) wrong, (1,2) equal gold → skipped; prompt 2: (0,1) reward tie → ½
+    assert pairwise_accuracy_on_samples(gold, scores) == (pytest.approx(1.5 / 3), 3)
+
+
+def test_sampling_n_outputs_per_prompt():
+    from icegrt_trl.rlp.sampling import sample_completions
+    from icegrt_trl.testbed import build_tokenizer, tiny_causal_lm
+
+    tok = build_tokenizer()
+    model = tiny_causal_lm("llama", tok, hidden_size=32, num_layers=1, num_heads=2)
+    prompts = ["sort 3 1 2 :", "reverse 1 2 :", "copy 5 :"]
+    a = sample_completions(model, tok, prompts, n=4, max_new_tokens=5, batch_size=8, seed=1, progress=False)
+    b = sample_completions(model, tok, prompts, n=4, max_new_tokens=5, batch_size=8, seed=1, progress=False)
+    assert a == b and [len(x) for x in a] == [4, 4, 4]
+    assert len({tuple(x) for x in a}) > 1 and any(len(set(x)) > 1 for x in a)  # sampled, not greedy
+    chat = sample_completions(model, tok, [[{"role": "user", "content": "sort 3 1 :"}]], n=2, max_new_tokens=3,
+                              progress=False)
+    assert chat[0][0][0]["role"] == "assistant"

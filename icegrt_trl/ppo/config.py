@@ -287,7 +287,7 @@ class PPOConfig(_BaseConfig):
         if self.advantage_normalization == "group" and self.num_samples_per_prompt < 2:
             errors.append("advantage_normalization='group' needs num_samples_per_prompt >= 2.")
         local = self.per_device_train_batch_size * self.gradient_accumulation_steps
-        if local % self.num_samples_per_prompt:
+        if self.num_samples_per_prompt >= 1 and local % self.num_samples_per_prompt:
             errors.append(
                 f"The rollout of per_device_train_batch_size × gradient_accumulation_steps = "
                 f"{self.per_device_train_batch_size} × {self.gradient_accumulation_steps} = {local} sequences does "

@@ -16,6 +16,7 @@ STAGE_REGISTRY: dict[str, tuple[str, str]] = {
     "reward": ("icegrt_trl.stages.reward", "RewardStage"),
     "reward_pmp": ("icegrt_trl.stages.reward", "RewardPMPStage"),
     "ppo": ("icegrt_trl.stages.ppo", "PPOStage"),
+    "rlp": ("icegrt_trl.stages.rlp", "RLPStage"),
     "eval": ("icegrt_trl.stages.evaluate", "EvalStage"),
 }
 

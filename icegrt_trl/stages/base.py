@@ -142,7 +142,10 @@ class RunContext:
                 raise RecipeError(
                     f"Recipe section 'testbed': unknown key(s) {sorted(unknown)}. TestbedConfig fields: {sorted(fields)}."
                 )
-            self._testbed = make_datasets(TestbedConfig(**self.recipe.testbed))
+            try:
+                self._testbed = make_datasets(TestbedConfig(**self.recipe.testbed))
+            except (ValueError, TypeError) as err:
+                raise RecipeError(f"Recipe section 'testbed': {err}") from None
         return self._testbed
 
     def dataset(self, data: DataArguments, split: str):

@@ -12,7 +12,7 @@ from .base import DataArguments, RunContext, Stage, documented
 from .judge import JudgeArguments, eval_prompts
 from .loading import load_model, load_tokenizer, save_dir_exists
 
-POLICY_STAGES = ("sft", "ppo", "rlp")
+POLICY_STAGES = ("sft", "ppo", "rlp_uml/ppo", "rlp_spg/ppo")  # RLP's policies: <output_dir>/rlp_<method>/ppo
 
 
 @documented
@@ -88,11 +88,8 @@ class EvalStage(Stage):
         return figures
 
     def _reward_mode(self, ctx, args: EvalArguments, data: DataArguments) -> dict[str, Any]:
-        try:
-            from ..reward.evaluation import evaluate_reward_models
-        except ImportError:
-            raise RecipeError("Reward-mode eval is not available yet: it comes with the reward-model issue (#4).") \
-                from None
+        from ..reward.evaluation import evaluate_reward_models
+
         specs = args.reward_models or [
             f"stage:{s}" for s in ("reward_pmp", "reward") if save_dir_exists(ctx.stage_dir(s))
         ]

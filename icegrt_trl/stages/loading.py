@@ -61,6 +61,8 @@ def resolve_model_path(ctx: RunContext, spec: str) -> str:
 def load_tokenizer(ctx: RunContext, spec: str, tokenizer_spec: str | None = None):
     """The tokenizer for model `spec` (or `tokenizer_spec` when given): testbed models use the testbed's."""
     spec = tokenizer_spec or spec
+    if not spec:
+        raise RecipeError("model_name_or_path is required, e.g. 'testbed:llama', 'stage:sft' or a Hub id.")
     if spec == SMOLLM2_SPEC:
         return AutoTokenizer.from_pretrained(resolve_model_path(ctx, spec))
     if spec.startswith(TESTBED_PREFIX) or spec == "testbed":

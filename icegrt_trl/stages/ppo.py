@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from trl import ModelConfig, get_peft_config
@@ -55,49 +56,7 @@ class PPOStage(Stage):
 
     def run(self, ctx: RunContext, model_args: ModelConfig, data: PPODataArguments, args: PPOConfig,
             reward: PPORewardArguments, judge: JudgeArguments) -> dict[str, Any]:
-        if not model_args.model_name_or_path:
-            model_args.model_name_or_path = args.sft_model_path or "stage:sft"
-        reward_spec = args.reward_model_path or "stage:reward"
-        args.sft_model_path = args.reward_model_path = None  # consumed here: PPOTrainer takes model objects
-        tokenizer = load_tokenizer(ctx, model_args.model_name_or_path)
-        model = load_model(ctx, model_args, tokenizer, kind="causal", seed=args.seed)
-        reward_model, reward_tok = self._reward(ctx, reward_spec, reward, tokenizer, args.seed)
-        value_model = None
-        if reward.value_model_path:
-            value_model = load_model(ctx, ModelConfig(model_name_or_path=reward.value_model_path), tokenizer,
-                                     kind="reward", seed=args.seed)
-        train = ctx.dataset(data, data.dataset_train_split)
-        ptx = ctx.dataset(data, reward.ptx_split) if reward.ptx_split else None
-        evals = [ctx.dataset(data, s) for s in data.dataset_eval_splits]
-        use_judge = data.dataset_name == "testbed" and judge.judge_policies
-        figures: dict[str, Any] = {"model": model_args.model_name_or_path, "reward": reward_spec,
-                                   "prompts": len(train)}
-        if use_judge:
-            figures["gold_score_before"] = judge_policy(ctx, model, tokenizer, judge)
-        args.output_dir = args.output_dir if args.output_dir not in (None, "", "trainer_output") else \
-            str(ctx.stage_dir(self.name) / "checkpoints")
-        args.recipe = args.recipe or str(ctx.recipe.path)
-        trainer = PPOTrainer(
-            args=args, processing_class=tokenizer, model=model, reward_model=reward_model,
-            reward_processing_classes=reward_tok, train_dataset=train, value_model=value_model,
-            eval_dataset=evals[0] if evals else None, peft_config=get_peft_config(model_args), ptx_dataset=ptx,
-        )
-        result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
-        out = ctx.stage_dir(self.name)
-        trainer.save_model(str(out))
-        last = {}
-        for entry in trainer.state.log_history:
-            last.update(entry)
-        for key in ("objective/scores", "objective/kl", "objective/kl_coef", "objective/entropy"):
-            if key in last:
-                figures[key] = round(float(last[key]), 4)
-        figures["train_steps"] = result.global_step
-        if use_judge:
-            policy = trainer.accelerator.unwrap_model(trainer.model).policy
-            figures["gold_score_after"] = judge_policy(ctx, policy, tokenizer, judge)
-        if args.push_to_hub:
-            trainer.push_to_hub()
-        return figures
+        return run_ppo(ctx, model_args, data, args, reward, judge, ctx.stage_dir(self.name))
 
     @staticmethod
     def _reward(ctx: RunContext, spec: str, reward: PPORewardArguments, tokenizer, seed: int):
@@ -114,3 +73,51 @@ class PPOStage(Stage):
             if tokenizers_match(reward_tok, tokenizer):
                 reward_tok = None
         return model, reward_tok
+
+
+def run_ppo(ctx: RunContext, model_args: ModelConfig, data: PPODataArguments, args: PPOConfig,
+            reward: PPORewardArguments, judge: JudgeArguments, out, checkpoints_in_out: bool = False) -> dict[str, Any]:
+    """PPO from the recipe's options; the final policy goes to `out` (checkpoints to `out/checkpoints` when
+    ``checkpoints_in_out``, e.g. for RLP's second PPO, else to ``args.output_dir``)."""
+    if not model_args.model_name_or_path:
+        model_args.model_name_or_path = args.sft_model_path or "stage:sft"
+    reward_spec = args.reward_model_path or "stage:reward"
+    args.sft_model_path = args.reward_model_path = None  # consumed here: PPOTrainer takes model objects
+    tokenizer = load_tokenizer(ctx, model_args.model_name_or_path)
+    model = load_model(ctx, model_args, tokenizer, kind="causal", seed=args.seed)
+    reward_model, reward_tok = PPOStage._reward(ctx, reward_spec, reward, tokenizer, args.seed)
+    value_model = None
+    if reward.value_model_path:
+        value_model = load_model(ctx, ModelConfig(model_name_or_path=reward.value_model_path), tokenizer,
+                                 kind="reward", seed=args.seed)
+    train = ctx.dataset(data, data.dataset_train_split)
+    ptx = ctx.dataset(data, reward.ptx_split) if reward.ptx_split else None
+    evals = [ctx.dataset(data, s) for s in data.dataset_eval_splits]
+    use_judge = data.dataset_name == "testbed" and judge.judge_policies
+    figures: dict[str, Any] = {"model": model_args.model_name_or_path, "reward": reward_spec,
+                               "prompts": len(train)}
+    if use_judge:
+        figures["gold_score_before"] = judge_policy(ctx, model, tokenizer, judge)
+    if checkpoints_in_out or args.output_dir in (None, "", "trainer_output"):
+        args.output_dir = str(Path(out) / "checkpoints")
+    args.recipe = args.recipe or str(ctx.recipe.path)
+    trainer = PPOTrainer(
+        args=args, processing_class=tokenizer, model=model, reward_model=reward_model,
+        reward_processing_classes=reward_tok, train_dataset=train, value_model=value_model,
+        eval_dataset=evals[0] if evals else None, peft_config=get_peft_config(model_args), ptx_dataset=ptx,
+    )
+    result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    trainer.save_model(str(out))
+    last = {}
+    for entry in trainer.state.log_history:
+        last.update(entry)
+    for key in ("objective/scores", "objective/kl", "objective/kl_coef", "objective/entropy"):
+        if key in last:
+            figures[key] = round(float(last[key]), 4)
+    figures["train_steps"] = result.global_step
+    if use_judge:
+        policy = trainer.accelerator.unwrap_model(trainer.model).policy
+        figures["gold_score_after"] = judge_policy(ctx, policy, tokenizer, judge)
+    if args.push_to_hub:
+        trainer.push_to_hub()
+    return figures

@@ -103,9 +103,9 @@ def _peft_config(model_args: ModelConfig, model):
     return peft
 
 
-def _train(model, args: RewardConfig, train, tokenizer, peft):
+def _train(model, args: RewardConfig, train, tokenizer, peft, loss_plugins=None):
     trainer = RewardTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
-                            peft_config=peft)
+                            peft_config=peft, loss_plugins=loss_plugins)
     result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     model = trainer.model
     if hasattr(model, "merge_and_unload"):
@@ -130,16 +130,28 @@ class RewardStage(Stage):
 
     def run(self, ctx: RunContext, model_args: ModelConfig, data: RewardDataArguments, args: RewardConfig,
             margs: RewardModelArguments) -> dict[str, Any]:
-        tokenizer = load_tokenizer(ctx, model_args.model_name_or_path)
-        model = _build_model(ctx, model_args, margs, args, tokenizer)
-        train = ctx.dataset(data, data.dataset_train_split)
-        evals = {s: ctx.dataset(data, s) for s in data.dataset_eval_splits}
-        trainer, result, model = _train(model, args, train, tokenizer, _peft_config(model_args, model))
-        figures: dict[str, Any] = {"model": model_args.model_name_or_path, "train_pairs": len(train),
-                                   "train_loss": round(result.training_loss, 4), "train_steps": result.global_step,
-                                   "grm_regularizer": args.grm_regularizer, **_data_figures(trainer)}
-        figures.update(_finish(ctx, ctx.stage_dir(self.name), trainer, model, tokenizer, evals, margs, args))
-        return figures
+        return train_reward_model(ctx, model_args, data, args, margs, ctx.stage_dir(self.name))
+
+
+def train_reward_model(ctx: RunContext, model_args: ModelConfig, data: RewardDataArguments, args: RewardConfig,
+                       margs: RewardModelArguments, out, extra_train=None, loss_plugins=None) -> dict[str, Any]:
+    """Build, train, save (merged) to `out` and evaluate a reward model. ``extra_train``: pairs added to the recipe's
+    training split (RLP's synthetic pairs); ``loss_plugins``: reward-loss plugin instances (RLP's UML)."""
+    from datasets import concatenate_datasets
+
+    tokenizer = load_tokenizer(ctx, model_args.model_name_or_path)
+    model = _build_model(ctx, model_args, margs, args, tokenizer)
+    train = ctx.dataset(data, data.dataset_train_split)
+    if extra_train is not None and len(extra_train):
+        cols = ["prompt", "chosen", "rejected"]
+        train = concatenate_datasets([train.select_columns(cols), extra_train.select_columns(cols)])
+    evals = {s: ctx.dataset(data, s) for s in data.dataset_eval_splits}
+    trainer, result, model = _train(model, args, train, tokenizer, _peft_config(model_args, model), loss_plugins)
+    figures: dict[str, Any] = {"model": model_args.model_name_or_path, "train_pairs": len(train),
+                               "train_loss": round(result.training_loss, 4), "train_steps": result.global_step,
+                               "grm_regularizer": args.grm_regularizer, **_data_figures(trainer)}
+    figures.update(_finish(ctx, out, trainer, model, tokenizer, evals, margs, args))
+    return figures
 
 
 class RewardPMPStage(Stage):
