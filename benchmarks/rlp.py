@@ -2,8 +2,8 @@
 
 For each seed, the default recipe (SFT → GRM reward model → PPO → RLP-UML and RLP-SPG → eval) runs with that
 run seed (same testbed world), then a UML ablation without the SKL term (β = 0: multi-view InfoMax only) refits the
-reward model and runs PPO again, and a control refits the reward model without RLP (λ = 0) and runs PPO again. From
-each seed's SPG samples (the PPO policy's 10 samples per unlabeled prompt,
+reward model and runs PPO again; a control refits the reward model without RLP (λ = 0: the same initialization and
+data as the first one) and runs PPO again, and another does so from a different reward-model seed. From each seed's SPG samples (the PPO policy's 10 samples per unlabeled prompt,
 scored by the first reward model) the script also measures how often synthesized pairs agree with the gold reward:
 SPG at γ ∈ {0, 0.3, 0.5, 0.7} next to reward-ranked pairs (best vs worst sample by the reward model, no clustering).
 
@@ -79,7 +79,7 @@ def one_seed(seed: int, work: Path) -> dict:
     recipe["seed"] = seed
     recipe["output_dir"] = str(work / f"seed{seed}")
     path = work / f"recipe_seed{seed}.yaml"
-    path.write_text(yaml.safe_dump(recipe))
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))  # stage order matters
     exe = str(Path(sys.executable).parent / "icegrt-trl")
     run([exe, "pipeline", str(path)])
     results = json.loads((work / f"seed{seed}" / "results.json").read_text())
@@ -103,6 +103,12 @@ def one_seed(seed: int, work: Path) -> dict:
     control = json.loads((work / f"seed{seed}" / "results.json").read_text())["rlp"]
     arms["Control"] = {"gold": control["uml/ppo/gold_score_after"],
                        "rm_acc": control["rm_accuracy_on_policy_samples/after_uml"]}
+    # how much a different reward-model initialization alone moves PPO (no RLP): the noise RLP must beat
+    run([exe, "rlp", str(path), "--methods", "uml", "--uml_lam", "0", "--refit_seed", str(1000 + seed),
+         "--run_name", "reseed"])
+    reseed = json.loads((work / f"seed{seed}" / "results.json").read_text())["rlp"]
+    arms["Reseeded RM"] = {"gold": reseed["uml/ppo/gold_score_after"],
+                           "rm_acc": reseed["rm_accuracy_on_policy_samples/after_uml"]}
     return {"arms": arms, "spg": spg, "spg_report": {k: v for k, v in rlp.items() if k.startswith("spg/")
                                                      and "/" not in k[4:]}}
 
@@ -122,12 +128,12 @@ def summarize(data: dict) -> str:
     lines = [f"Seeds: {', '.join(seeds)} (mean ± std over seeds).", "",
              "| policy | gold score | exact match | win-rate vs SFT | RM accuracy on PPO samples |",
              "| --- | --- | --- | --- | --- |"]
-    for label in ("SFT", "PPO", "Control", "RLP-UML", "RLP-SPG", "UML-noSKL"):
+    for label in ("SFT", "PPO", "Control", "Reseeded RM", "RLP-UML", "RLP-SPG", "UML-noSKL"):
         col = lambda k: mean_std([p["arms"][label].get(k, float("nan")) for p in per])  # noqa: E731
         lines.append(f"| {label} | {col('gold')} | {col('exact')} | {col('win_vs_sft')} | {col('rm_acc')} |")
     lines += ["", "Per seed, gold score: " + "; ".join(
-        f"seed {s}: " + ", ".join(f"{k} {p['arms'][k]['gold']:.3f}" for k in ("PPO", "Control", "RLP-UML",
-                                                                                "RLP-SPG", "UML-noSKL"))
+        f"seed {s}: " + ", ".join(f"{k} {p['arms'][k]['gold']:.3f}" for k in ("PPO", "Control", "Reseeded RM",
+                                                                                "RLP-UML", "RLP-SPG", "UML-noSKL"))
         for s, p in zip(seeds, per)), "",
         "| pairs from the PPO policy's samples | agreement with the gold reward | pairs |", "| --- | --- | --- |"]
     for key in ["reward_ranked"] + [f"spg_gamma{g}" for g in GAMMAS]:

@@ -152,6 +152,7 @@ def run_pipeline(argv: list[str]) -> dict:
         raise RecipeError(f"Recipe '{recipe.path}' defines no stages.")
     apply_env(recipe)
     ctx = RunContext.from_recipe(recipe, args.output_dir)
+    ctx.overrides = overrides
     # Parse and validate every stage's options first (keys, types, each config's own checks), so that a bad value in
     # the last stage fails before the first one trains.
     stages = [get_stage(n) for n in names]

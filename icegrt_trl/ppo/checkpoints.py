@@ -57,10 +57,15 @@ def _load_weights(model: nn.Module, folder: str) -> None:
     if os.path.exists(single):
         from safetensors.torch import load_file
 
-        missing, unexpected = model.load_state_dict(load_file(single), strict=False)
+        saved, own = load_file(single), model.state_dict()
         tied = set(getattr(model, "_tied_weights_keys", None) or [])
-        if unexpected or [k for k in missing if k not in tied and "lm_head" not in k]:
-            raise ValueError(f"Checkpoint {folder} does not match the model: missing {missing}, unexpected {unexpected}.")
+        unexpected = [k for k in saved if k not in own]
+        missing = [k for k in own if k not in saved and k not in tied and "lm_head" not in k]
+        mismatched = [k for k in saved if k in own and saved[k].shape != own[k].shape]
+        if unexpected or missing or mismatched:  # checked before anything is copied: no half-loaded model
+            raise ValueError(f"Checkpoint {folder} does not match the model: missing {missing}, unexpected "
+                             f"{unexpected}, different shapes {mismatched}. Resume with the model it was saved from.")
+        model.load_state_dict(saved, strict=False)
     else:
         load_sharded_checkpoint(model, folder, strict=False)
 

@@ -105,6 +105,8 @@ class RunContext:
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     _testbed: Any = None
     _loaded: dict[tuple, Any] = field(default_factory=dict)  # datasets by (name, config), read once per run
+    # command-line overrides per stage (`--ppo.max_steps 8`), for stages that re-run another stage's section (RLP)
+    overrides: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, output_dir: str | None = None) -> "RunContext":

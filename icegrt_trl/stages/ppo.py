@@ -83,6 +83,9 @@ def run_ppo(ctx: RunContext, model_args: ModelConfig, data: PPODataArguments, ar
         model_args.model_name_or_path = args.sft_model_path or "stage:sft"
     reward_spec = args.reward_model_path or "stage:reward"
     args.sft_model_path = args.reward_model_path = None  # consumed here: PPOTrainer takes model objects
+    from transformers import set_seed
+
+    set_seed(args.seed)  # value head / adapter initialization depends on the seed alone, not on what ran before
     tokenizer = load_tokenizer(ctx, model_args.model_name_or_path)
     model = load_model(ctx, model_args, tokenizer, kind="causal", seed=args.seed)
     reward_model, reward_tok = PPOStage._reward(ctx, reward_spec, reward, tokenizer, args.seed)

@@ -76,6 +76,9 @@ class PMPArguments:
 
 def _build_model(ctx: RunContext, model_args: ModelConfig, margs: RewardModelArguments, args: RewardConfig,
                  tokenizer):
+    from transformers import set_seed
+
+    set_seed(args.seed)  # the new head's initialization depends on the seed alone, not on what ran before
     spec = model_args.model_name_or_path
     kind = margs.reward_model_type
     if kind == "auto":

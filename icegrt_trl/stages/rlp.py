@@ -60,6 +60,8 @@ class RLPArguments:
         measure_num_prompts: prompts of measure_split used for that.
         seed: seed of sampling and of SPG's rejected answers.
         run_name: a suffix for the output folders, rlp_<method>_<run_name>/ (ablations beside the main run).
+        refit_seed: seed of the refit reward model (default: the reward section's seed, i.e. the same
+            initialization as the first reward model, as in the paper).
     """
 
     methods: list[str] = field(default_factory=lambda: ["spg"])
@@ -84,6 +86,7 @@ class RLPArguments:
     measure_num_prompts: int = 200
     seed: int = 0
     run_name: str | None = None
+    refit_seed: int | None = None
 
     def __post_init__(self):
         if isinstance(self.methods, str):
@@ -118,8 +121,9 @@ class RLPStage(Stage):
         from .reward import train_reward_model
 
         reward_stage, ppo_stage = get_stage("reward"), get_stage("ppo")
-        reward_cfg = parse_stage_configs(reward_stage, ctx.recipe, ctx, [])
-        ppo_cfg = parse_stage_configs(ppo_stage, ctx.recipe, ctx, [])
+        # the recipe's reward and ppo sections, with the pipeline's --reward.* / --ppo.* overrides
+        reward_cfg = parse_stage_configs(reward_stage, ctx.recipe, ctx, ctx.overrides.get("reward", []))
+        ppo_cfg = parse_stage_configs(ppo_stage, ctx.recipe, ctx, ctx.overrides.get("ppo", []))
         ppo_args, data = ppo_cfg[2], ppo_cfg[1]
         on_testbed = data.dataset_name == "testbed"
         max_new = args.max_new_tokens or ppo_args.response_length
@@ -135,6 +139,8 @@ class RLPStage(Stage):
         tokenizer = load_tokenizer(ctx, args.policy_path)
         policy = load_model(ctx, ModelConfig(model_name_or_path=args.policy_path), tokenizer, kind="causal")
         unlabeled = ctx.dataset(data, args.unlabeled_split)
+        if "prompt" not in unlabeled.column_names or len(unlabeled) == 0:
+            raise RecipeError(f"rlp: the split {args.unlabeled_split!r} has no prompts to sample on.")
         prompts = list(unlabeled["prompt"])[: args.num_prompts] if args.num_prompts else list(unlabeled["prompt"])
         if not prompts:
             raise RecipeError(f"rlp: the split {args.unlabeled_split!r} has no prompts to sample on.")
@@ -166,6 +172,8 @@ class RLPStage(Stage):
             _write_jsonl(out / "samples.jsonl", samples)
             model_args, rdata, rargs, margs = _fresh(reward_cfg)
             rargs.output_dir = str(out / "reward" / "checkpoints")
+            if args.refit_seed is not None:
+                rargs.seed = args.refit_seed
             if method == "spg":
                 report: dict = {}
                 pairs = synthesize_preferences(samples, judge, gamma=args.gamma, seed=args.seed, report=report)
