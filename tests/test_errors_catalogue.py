@@ -15,33 +15,12 @@ import torch
 import yaml
 from datasets import Dataset
 
-from icegrt_trl import PPOConfig, PPOTrainer
+from icegrt_trl import PPOTrainer
 from icegrt_trl.cli import main
 from icegrt_trl.testbed import build_tokenizer, tiny_causal_lm, tiny_sequence_classifier
 
-SMALL = dict(hidden_size=32, num_layers=1, num_heads=2)
-
-
-# ---------------------------------------------------------------- helpers
-def cfg(tmp_path, **kw):
-    base = dict(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to=[], per_device_train_batch_size=4,
-                num_mini_batches=1, num_ppo_epochs=1, max_steps=1, response_length=4, save_strategy="no",
-                gradient_checkpointing=False, disable_tqdm=True, num_sample_generations=0, learning_rate=1e-2)
-    base.update(kw)
-    return PPOConfig(**base)
-
-
-def prompts(n=8):
-    return Dataset.from_dict({"prompt": [f"sort {i % 10} 1 2 :" for i in range(n)]})
-
-
-def const_reward(prompts, completions, **kw):
-    return [1.0] * len(prompts)
-
-
-@pytest.fixture
-def tok():
-    return build_tokenizer()
+# the PPO bad-input helpers are tests/test_ppo_errors.py's (tests/ is on sys.path under pytest)
+from test_ppo_errors import SMALL, cfg, const_reward, prompts, tok  # noqa: E402,F401  (tok: a fixture)
 
 
 def ppo(tmp_path, tok, reward=const_reward, dataset=None, model=None, **kw):

@@ -11,6 +11,7 @@ from icegrt_trl.cli import main
     ({"num_samples": 1}, "RLP compares samples of the same instruction, so it needs at least 2"),
     ({"gamma": 1.5}, r"gamma=1.5 must lie in \[0, 1\]"),
     ({"judge": "llm"}, "judge='llm' must be 'exact', 'embedding' or 'nli'"),
+    ({"uml_lam": -1}, "uml_lam=-1 must be >= 0"),
 ])
 def test_bad_rlp_options(tmp_path, capsys, options, message):
     import re
