@@ -5,8 +5,8 @@
 The SFT policy samples 64 completions per held-out prompt (temperature 1). Each reward model picks the best of n;
 the expected gold (and proxy) score of that pick is computed exactly over all n-subsets of the 64 samples
 (`best_of_n_expectation`), which removes the sampling noise of drawing subsets. Proxy scores are standardised per
-reward model (z-scores over all samples) so that the two models share an axis. Needs matplotlib for the plot
-(`pip install icegrt-trl[plot]`).
+reward model (z-scores over all samples) so that the two models share an axis. The plot uses matplotlib (a
+dependency).
 """
 
 from __future__ import annotations
