@@ -100,10 +100,16 @@ def run_stage_command(name: str, argv: list[str]) -> dict:
         _stage_help(name)
         return {}
     recipe_path, rest = _split_recipe(argv)
-    if recipe_path is None:
-        raise CLIError(f"icegrt-trl {name} needs a recipe: icegrt-trl {name} RECIPE.yaml [--option value ...]")
-    recipe = load_recipe(recipe_path)
     output_dir = _pop_option(rest, "--output_dir")
+    if recipe_path is None:  # flags alone, as TRL's scripts: `icegrt-trl reward --model_name_or_path ... --dataset_name ...`
+        if output_dir is None:
+            raise CLIError(f"icegrt-trl {name} without a recipe needs --output_dir (where <output_dir>/{name}/ is "
+                           f"written), e.g. icegrt-trl {name} --output_dir runs/{name} --model_name_or_path ...")
+        from .recipe import recipe_from_dict
+
+        recipe = recipe_from_dict({"output_dir": output_dir, "stages": {name: {}}})
+    else:
+        recipe = load_recipe(recipe_path)
     stage = get_stage(name)
     apply_env(recipe)
     ctx = RunContext.from_recipe(recipe, output_dir)

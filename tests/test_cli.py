@@ -171,3 +171,33 @@ def test_more_bad_recipes_exit_2_with_one_line(tmp_path, capsys, stages, testbed
     assert main(["pipeline", path, "--output_dir", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert re.search(message, err) and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("conversational", [False, True])
+def test_reward_stage_from_flags_alone_on_local_files_in_trl_formats(tmp_path, conversational):
+    """As `trl reward --model_name_or_path ... --dataset_name ...`: no recipe, a local dataset folder whose splits
+    have TRL's names (train, test), in TRL's preference format (plain or conversational)."""
+    import json
+
+    data = tmp_path / "prefs"
+    data.mkdir()
+
+    def row(i):
+        prompt, good, bad = f"sort {i % 10} 1 :", f"1 {i % 10}", f"{i % 10} 1"
+        if conversational:
+            return {"prompt": [{"role": "user", "content": prompt}],
+                    "chosen": [{"role": "assistant", "content": good}],
+                    "rejected": [{"role": "assistant", "content": bad}]}
+        return {"prompt": prompt, "chosen": " " + good, "rejected": " " + bad}
+
+    (data / "train.jsonl").write_text("".join(json.dumps(row(i)) + "\n" for i in range(24)))
+    (data / "test.jsonl").write_text("".join(json.dumps(row(i)) + "\n" for i in range(8)))
+    out = tmp_path / "out"
+    code = main(["reward", "--output_dir", str(out), "--model_name_or_path", "testbed:llama:32x1",
+                 "--dataset_name", str(data), "--max_steps", "2", "--per_device_train_batch_size", "8",
+                 "--report_to", "none", "--save_strategy", "no", "--gradient_checkpointing", "false",
+                 "--eval_bootstrap_samples", "50", "--max_length", "32"])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())["reward"]
+    assert results["train_pairs"] == 24 and results["test/n"] == 8  # TRL's split names, found by default
+    assert (out / "reward" / "config.json").is_file()

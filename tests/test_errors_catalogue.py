@@ -393,9 +393,9 @@ def test_bootstrap_confidence_outside_the_unit_interval():
 
 
 # ================================================================ Recipes and the CLI
-def test_stage_command_without_recipe(capsys):
+def test_stage_command_without_recipe_or_output_dir(capsys):
     err = cli_error(capsys, ["sft"])
-    assert "icegrt-trl: error: icegrt-trl sft needs a recipe: icegrt-trl sft RECIPE.yaml [--option value ...]" in err
+    assert "icegrt-trl: error: icegrt-trl sft without a recipe needs --output_dir" in err
 
 
 def test_pipeline_without_recipe(capsys):

@@ -71,14 +71,38 @@ class DataArguments:
         dataset_name: ``"testbed"`` for the offline testbed (configured by the recipe's ``testbed:`` section), or
             a dataset for `datasets.load_dataset` (a Hub id or a local path / data files folder).
         dataset_config: the dataset's configuration name, if any.
-        dataset_train_split: split used for training (testbed: ``sft``, ``preferences``, ``unlabeled``, ...).
-        dataset_eval_splits: splits used for evaluation; empty means the stage's default.
+        dataset_train_split: split used for training. Default: train for other datasets (as TRL's scripts), the
+            stage's testbed split on the testbed (sft, preferences, unlabeled, ...).
+        dataset_eval_splits: splits used for evaluation. Default: test for other datasets when they have one (as
+            TRL's scripts), the stage's testbed splits on the testbed.
     """
+
+    # the testbed's splits for this stage, used when the fields above are not set
+    testbed_train_split: ClassVar[str | None] = None
+    testbed_eval_splits: ClassVar[tuple[str, ...]] = ()
 
     dataset_name: str = "testbed"
     dataset_config: str | None = None
     dataset_train_split: str | None = None
     dataset_eval_splits: list[str] = field(default_factory=list)
+
+    @property
+    def on_testbed(self) -> bool:
+        return self.dataset_name == "testbed"
+
+    def train_split(self) -> str:
+        """The training split: as set, else the testbed's for this stage, else TRL's ``train``."""
+        if self.dataset_train_split:
+            return self.dataset_train_split
+        return (self.testbed_train_split or "train") if self.on_testbed else "train"
+
+    def eval_splits(self, ctx: "RunContext") -> list[str]:
+        """The evaluation splits: as set, else the testbed's for this stage, else TRL's ``test`` when it exists."""
+        if self.dataset_eval_splits:
+            return list(self.dataset_eval_splits)
+        if self.on_testbed:
+            return list(self.testbed_eval_splits)
+        return ["test"] if "test" in ctx.split_names(self) else []
 
 
 class StageNotAvailable(RuntimeError):
@@ -150,17 +174,22 @@ class RunContext:
                 raise RecipeError(f"Recipe section 'testbed': {err}") from None
         return self._testbed
 
+    def _splits(self, data: DataArguments):
+        if data.dataset_name == "testbed":
+            return self.testbed()
+        key = (data.dataset_name, data.dataset_config)
+        if key not in self._loaded:
+            from datasets import load_dataset
+
+            self._loaded[key] = load_dataset(data.dataset_name, data.dataset_config)
+        return self._loaded[key]
+
+    def split_names(self, data: DataArguments) -> list[str]:
+        return sorted(self._splits(data))
+
     def dataset(self, data: DataArguments, split: str):
         """One split of the stage's dataset (the testbed or anything `datasets.load_dataset` reads)."""
-        if data.dataset_name == "testbed":
-            splits = self.testbed()
-        else:
-            key = (data.dataset_name, data.dataset_config)
-            if key not in self._loaded:
-                from datasets import load_dataset
-
-                self._loaded[key] = load_dataset(data.dataset_name, data.dataset_config)
-            splits = self._loaded[key]
+        splits = self._splits(data)
         if split not in splits:
             raise RecipeError(
                 f"Dataset '{data.dataset_name}' has no split '{split}'. Available splits: {sorted(splits)}."

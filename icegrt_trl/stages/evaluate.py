@@ -28,7 +28,8 @@ class EvalArguments:
             stage of this run that saved a model, plus the untrained initial model for scale.
         reference_policy: the policy that win-rates are computed against (default: the SFT stage's).
         reward_models: reward-mode model specs. Empty: every reward stage of this run that saved a model.
-        preference_splits: reward-mode splits (the testbed's clean in- and out-of-distribution pairs by default).
+        preference_splits: reward-mode splits (default: the testbed's clean in- and out-of-distribution pairs; test
+            for other datasets).
         bootstrap_samples: resamples for the reward-mode confidence intervals.
         seed: seed of the bootstrap.
     """
@@ -37,7 +38,7 @@ class EvalArguments:
     policies: list[str] = field(default_factory=list)
     reference_policy: str = "stage:sft"
     reward_models: list[str] = field(default_factory=list)
-    preference_splits: list[str] = field(default_factory=lambda: ["preferences_id", "preferences_ood"])
+    preference_splits: list[str] = field(default_factory=list)
     bootstrap_samples: int = 1000
     seed: int = 0
 
@@ -95,5 +96,6 @@ class EvalStage(Stage):
         ]
         if not specs:
             raise RecipeError("Nothing to evaluate: no reward stage saved a model and 'reward_models' is empty.")
-        splits = {s: ctx.dataset(data, s) for s in args.preference_splits}
+        names = args.preference_splits or (["preferences_id", "preferences_ood"] if data.on_testbed else ["test"])
+        splits = {s: ctx.dataset(data, s) for s in names}
         return evaluate_reward_models(ctx, specs, splits, bootstrap_samples=args.bootstrap_samples, seed=args.seed)

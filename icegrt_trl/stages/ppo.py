@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from trl import ModelConfig, get_peft_config
 
@@ -20,11 +20,13 @@ class PPODataArguments(DataArguments):
     """Prompts for PPO.
 
     Args:
-        dataset_train_split: split of prompts to sample responses for (a `prompt` column, text or chat messages).
-        dataset_eval_splits: prompts for `evaluate()` and the sample generations (the first one is used).
+        dataset_train_split: split of prompts to sample responses for (a `prompt` column, text or chat messages;
+            default: train; the testbed's unlabeled).
+        dataset_eval_splits: prompts for `evaluate()` and the sample generations, the first one is used (default:
+            test when the dataset has one; none on the testbed).
     """
 
-    dataset_train_split: str | None = "unlabeled"
+    testbed_train_split: ClassVar[str] = "unlabeled"
 
 
 @documented
@@ -93,9 +95,9 @@ def run_ppo(ctx: RunContext, model_args: ModelConfig, data: PPODataArguments, ar
     if reward.value_model_path:
         value_model = load_model(ctx, ModelConfig(model_name_or_path=reward.value_model_path), tokenizer,
                                  kind="reward", seed=args.seed)
-    train = ctx.dataset(data, data.dataset_train_split)
+    train = ctx.dataset(data, data.train_split())
     ptx = ctx.dataset(data, reward.ptx_split) if reward.ptx_split else None
-    evals = [ctx.dataset(data, s) for s in data.dataset_eval_splits]
+    evals = [ctx.dataset(data, s) for s in data.eval_splits(ctx)]
     use_judge = data.dataset_name == "testbed" and judge.judge_policies
     figures: dict[str, Any] = {"model": model_args.model_name_or_path, "reward": reward_spec,
                                "prompts": len(train)}

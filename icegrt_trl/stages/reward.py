@@ -8,8 +8,8 @@ The saved model is merged (no adapter left: GRM's repo warns that LoRA must be m
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from trl import ModelConfig, get_peft_config
 
@@ -26,12 +26,13 @@ class RewardDataArguments(DataArguments):
     """Preference data (TRL's `prompt`/`chosen`/`rejected` format, text or conversational).
 
     Args:
-        dataset_train_split: split of preference pairs to train on.
-        dataset_eval_splits: splits on which the stage reports pairwise accuracy with bootstrap intervals.
+        dataset_train_split: split of preference pairs to train on (default: train; the testbed's preferences).
+        dataset_eval_splits: splits on which the stage reports pairwise accuracy with bootstrap intervals (default:
+            test when the dataset has one; the testbed's preferences_id and preferences_ood).
     """
 
-    dataset_train_split: str | None = "preferences"
-    dataset_eval_splits: list[str] = field(default_factory=lambda: ["preferences_id", "preferences_ood"])
+    testbed_train_split: ClassVar[str] = "preferences"
+    testbed_eval_splits: ClassVar[tuple[str, ...]] = ("preferences_id", "preferences_ood")
 
 
 @documented
@@ -144,11 +145,11 @@ def train_reward_model(ctx: RunContext, model_args: ModelConfig, data: RewardDat
 
     tokenizer = load_tokenizer(ctx, model_args.model_name_or_path)
     model = _build_model(ctx, model_args, margs, args, tokenizer)
-    train = ctx.dataset(data, data.dataset_train_split)
+    train = ctx.dataset(data, data.train_split())
     if extra_train is not None and len(extra_train):
         cols = ["prompt", "chosen", "rejected"]
         train = concatenate_datasets([train.select_columns(cols), extra_train.select_columns(cols)])
-    evals = {s: ctx.dataset(data, s) for s in data.dataset_eval_splits}
+    evals = {s: ctx.dataset(data, s) for s in data.eval_splits(ctx)}
     trainer, result, model = _train(model, args, train, tokenizer, _peft_config(model_args, model), loss_plugins)
     figures: dict[str, Any] = {"model": model_args.model_name_or_path, "train_pairs": len(train),
                                "train_loss": round(result.training_loss, 4), "train_steps": result.global_step,
@@ -166,7 +167,7 @@ class RewardPMPStage(Stage):
             margs: RewardModelArguments, pmp: PMPArguments) -> dict[str, Any]:
         tokenizer = load_tokenizer(ctx, model_args.model_name_or_path)
         model = _build_model(ctx, model_args, margs, args, tokenizer)
-        evals = {s: ctx.dataset(data, s) for s in data.dataset_eval_splits}
+        evals = {s: ctx.dataset(data, s) for s in data.eval_splits(ctx)}
         out = ctx.stage_dir(self.name)
         pmp_train = ctx.dataset(data, pmp.pmp_split)
         pmp_args = dataclasses.replace(
@@ -177,7 +178,7 @@ class RewardPMPStage(Stage):
                                    "pmp/train_loss": round(result.training_loss, 4)}
         figures.update(_finish(ctx, out / "pmp", trainer, model, tokenizer, evals, margs, pmp_args, prefix="pmp/"))
 
-        train = ctx.dataset(data, data.dataset_train_split)
+        train = ctx.dataset(data, data.train_split())
         trainer, result, model = _train(model, args, train, tokenizer, _peft_config(model_args, model))
         figures.update({"rm_pairs": len(train), "rm/train_loss": round(result.training_loss, 4),
                         **_data_figures(trainer)})

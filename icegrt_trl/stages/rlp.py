@@ -38,7 +38,8 @@ class RLPArguments:
         policy_path: the policy whose samples refit the reward model (the paper: the PPO policy).
         reward_model_path: the reward model being refit: its scores rank SPG's chosen answers, and the refit
             starts from the same initialization as it did (the recipe's reward section).
-        unlabeled_split: instructions U to sample on (testbed: unlabeled; the paper: 20k instructions).
+        unlabeled_split: instructions U to sample on (default: the ppo section's training split — the testbed's
+            unlabeled, else train; the paper: 20k instructions).
         num_prompts: use the first N instructions of U (None: all).
         num_samples: outputs sampled per instruction (the paper: 10).
         sample_temperature: sampling temperature (the paper: 1.0).
@@ -67,7 +68,7 @@ class RLPArguments:
     methods: list[str] = field(default_factory=lambda: ["spg"])
     policy_path: str = "stage:ppo"
     reward_model_path: str = "stage:reward"
-    unlabeled_split: str = "unlabeled"
+    unlabeled_split: str | None = None
     num_prompts: int | None = None
     num_samples: int = 10
     sample_temperature: float = 1.0
@@ -138,12 +139,11 @@ class RLPStage(Stage):
         # 1. samples of the policy on U (and on held-out prompts, to measure the reward model where PPO samples)
         tokenizer = load_tokenizer(ctx, args.policy_path)
         policy = load_model(ctx, ModelConfig(model_name_or_path=args.policy_path), tokenizer, kind="causal")
-        unlabeled = ctx.dataset(data, args.unlabeled_split)
+        split = args.unlabeled_split or data.train_split()
+        unlabeled = ctx.dataset(data, split)
         if "prompt" not in unlabeled.column_names or len(unlabeled) == 0:
-            raise RecipeError(f"rlp: the split {args.unlabeled_split!r} has no prompts to sample on.")
+            raise RecipeError(f"rlp: the split {split!r} has no prompts to sample on.")
         prompts = list(unlabeled["prompt"])[: args.num_prompts] if args.num_prompts else list(unlabeled["prompt"])
-        if not prompts:
-            raise RecipeError(f"rlp: the split {args.unlabeled_split!r} has no prompts to sample on.")
         completions = sample_completions(policy, tokenizer, prompts, args.num_samples, args.sample_temperature,
                                          max_new, args.sample_batch_size, args.seed)
         measure = None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
@@ -18,10 +18,10 @@ class SFTDataArguments(DataArguments):
     """Demonstrations (TRL's `prompt`/`completion` or `messages` format).
 
     Args:
-        dataset_train_split: split of demonstrations to train on.
+        dataset_train_split: split of demonstrations to train on (default: train; the testbed's sft).
     """
 
-    dataset_train_split: str | None = "sft"
+    testbed_train_split: ClassVar[str] = "sft"
 
 
 class SFTStage(Stage):
@@ -33,8 +33,8 @@ class SFTStage(Stage):
             judge: JudgeArguments) -> dict[str, Any]:
         tokenizer = load_tokenizer(ctx, model_args.model_name_or_path)
         model = load_model(ctx, model_args, tokenizer, kind="causal", seed=args.seed)
-        train = ctx.dataset(data, data.dataset_train_split)
-        eval_splits = {s: ctx.dataset(data, s) for s in data.dataset_eval_splits}
+        train = ctx.dataset(data, data.train_split())
+        eval_splits = {s: ctx.dataset(data, s) for s in data.eval_splits(ctx)}
         figures: dict[str, Any] = {"model": model_args.model_name_or_path, "train_examples": len(train)}
         use_judge = data.dataset_name == "testbed" and judge.judge_policies
         if use_judge:
