@@ -190,3 +190,16 @@ def test_sampling_n_outputs_per_prompt():
     chat = sample_completions(model, tok, [[{"role": "user", "content": "sort 3 1 :"}]], n=2, max_new_tokens=3,
                               progress=False)
     assert chat[0][0][0]["role"] == "assistant"
+
+
+def test_score_samples_regroups_a_flat_scorer():
+    from icegrt_trl.rlp.sampling import score_samples
+
+    calls = []
+
+    def scorer(prompts, completions):
+        calls.append(len(completions))
+        return [float(len(p) + len(c)) for p, c in zip(prompts, completions)]
+
+    assert score_samples(scorer, ["ab", "c"], [["x", "yy", "zzz"], ["w"]]) == [[3.0, 4.0, 5.0], [2.0]]
+    assert calls == [4]  # one call for every sample

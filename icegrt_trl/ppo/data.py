@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import warnings
 
+import torch
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
 
 def is_conversational_prompt(prompt) -> bool:
     return isinstance(prompt, list) and (not prompt or isinstance(prompt[0], dict))
+
+
+def left_pad(sequences: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) of token-id lists left-padded to one width, as generation wants prompts."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, s in enumerate(sequences):
+        ids[i, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
+        mask[i, width - len(s):] = 1
+    return ids, mask
 
 
 def special_tokens_added(tokenizer: PreTrainedTokenizerBase) -> tuple[bool, bool]:

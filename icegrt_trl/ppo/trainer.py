@@ -30,7 +30,7 @@ from ..cards import write_ppo_model_card
 from ..plugins.registry import resolve_plugin
 from . import core
 from .config import PPOConfig
-from .data import decode_completions, is_conversational_prompt, prepare_prompt_dataset, prepare_ptx_rows
+from .data import decode_completions, is_conversational_prompt, left_pad, prepare_prompt_dataset, prepare_ptx_rows
 from .generation import isolated_generation, log_ignored_generation_settings, rollout_generation_config
 from .checkpoints import (load_policy_and_value, load_rollout, read_ppo_state, save_policy_and_value, save_rollout,
                           write_ppo_state)
@@ -411,12 +411,8 @@ class PPOTrainer(_BaseTrainer):
         """Generate responses to ``rows`` and describe them the way reward sources read them (one path for the
         rollout, ``evaluate`` and sample logs): left-padded queries, truncated responses, exact completion texts."""
         tok, device, wrapper = self.processing_class, self.accelerator.device, self._unwrapped()
-        width = max(len(r["input_ids"]) for r in rows)
-        queries = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
-        qmask = torch.zeros_like(queries)
-        for i, r in enumerate(rows):  # left padding
-            queries[i, width - len(r["input_ids"]):] = torch.tensor(r["input_ids"])
-            qmask[i, width - len(r["input_ids"]):] = 1
+        queries, qmask = left_pad([r["input_ids"] for r in rows], tok.pad_token_id)
+        width = queries.shape[1]
         queries, qmask = queries.to(device), qmask.to(device)
         responses = self._generate(wrapper, queries, qmask, greedy=greedy)
         responses, rmask, ended = core.truncate_at_stop(responses, self.stop_token_ids, tok.pad_token_id)

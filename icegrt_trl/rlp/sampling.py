@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from itertools import combinations
+from typing import Callable
 
 import torch
 from datasets import Dataset
 
 from ..ppo.core import truncate_at_stop
-from ..ppo.data import decode_completions, is_conversational_prompt, prepare_prompt_dataset
+from ..ppo.data import decode_completions, is_conversational_prompt, left_pad, prepare_prompt_dataset
 from ..ppo.generation import isolated_generation, rollout_generation_config
 
 
@@ -39,12 +40,8 @@ def sample_completions(model, tokenizer, prompts: list, n: int, temperature: flo
     try:
         for start in starts:
             chunk = [p for p in ids[start:start + per_batch] for _ in range(n)]
-            width = max(len(p) for p in chunk)
-            q = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
-            m = torch.zeros_like(q)
-            for i, p in enumerate(chunk):
-                q[i, width - len(p):] = torch.tensor(p)
-                m[i, width - len(p):] = 1
+            q, m = left_pad(chunk, tokenizer.pad_token_id)
+            width = q.shape[1]
             with isolated_generation(model):
                 seq = model.generate(input_ids=q.to(device), attention_mask=m.to(device), generation_config=gen)
             resp, mask, _ = truncate_at_stop(seq[:, width:].cpu(), stop, tokenizer.pad_token_id)
@@ -55,6 +52,18 @@ def sample_completions(model, tokenizer, prompts: list, n: int, temperature: flo
         model.train(was_training)
     if prompts and is_conversational_prompt(prompts[0]):
         out = [[[{"role": "assistant", "content": t.strip()}] for t in group] for group in out]
+    return out
+
+
+def score_samples(score: Callable[[list, list], list[float]], prompts: list, completions: list[list]) -> list[list]:
+    """Apply a flat scorer ``score(prompts, completions) -> floats`` to each prompt's group of samples, in one call,
+    and regroup the scores per prompt."""
+    flat_p = [p for p, group in zip(prompts, completions) for _ in group]
+    flat = score(flat_p, [c for group in completions for c in group])
+    out, i = [], 0
+    for group in completions:
+        out.append(flat[i:i + len(group)])
+        i += len(group)
     return out
 
 

@@ -14,6 +14,7 @@ PPO policy's own samples of held-out prompts, before and after the refit.
 from __future__ import annotations
 
 import json
+from functools import partial
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,7 +117,7 @@ class RLPStage(Stage):
         from ..cli import parse_stage_configs
         from ..reward.evaluation import load_reward_model, score_completions
         from ..rlp import UMLLoss, build_judge, synthesize_preferences
-        from ..rlp.sampling import sample_completions
+        from ..rlp.sampling import sample_completions, score_samples
         from . import get_stage
         from .ppo import run_ppo
         from .reward import train_reward_model
@@ -153,12 +154,9 @@ class RLPStage(Stage):
                                                     args.sample_batch_size, args.seed + 1))
         del policy
         rm, rm_tok = load_reward_model(ctx.resolve_path(args.reward_model_path))
-        flat_p = [p for p, c in zip(prompts, completions) for _ in c]
-        flat_c = [x for c in completions for x in c]
-        scores = score_completions(rm, rm_tok, flat_p, flat_c)
         n = args.num_samples
-        samples = Dataset.from_dict({"prompt": prompts, "completions": completions,
-                                     "rewards": [scores[i * n:(i + 1) * n] for i in range(len(prompts))]})
+        rewards = score_samples(partial(score_completions, rm, rm_tok), prompts, completions)
+        samples = Dataset.from_dict({"prompt": prompts, "completions": completions, "rewards": rewards})
         figures: dict[str, Any] = {"policy": args.policy_path, "prompts": len(prompts), "samples_per_prompt": n}
         if measure is not None:
             figures["rm_accuracy_on_policy_samples/before"], figures["policy_sample_pairs"] = \
@@ -218,16 +216,12 @@ def _testbed_answer(text: str):
 
 def _accuracy_on_samples(rm, tok, prompts, completions) -> tuple[float, int]:
     from ..reward.evaluation import score_completions
-    from ..rlp.sampling import pairwise_accuracy_on_samples
+    from ..rlp.sampling import pairwise_accuracy_on_samples, score_samples
     from ..testbed import gold_reward
 
-    k = len(completions[0])
-    flat_p = [p for p, c in zip(prompts, completions) for _ in c]
-    flat_c = [x for c in completions for x in c]
-    gold = gold_reward(flat_p, flat_c)
-    scores = score_completions(rm, tok, flat_p, flat_c)
-    acc, pairs = pairwise_accuracy_on_samples([gold[i * k:(i + 1) * k] for i in range(len(prompts))],
-                                              [scores[i * k:(i + 1) * k] for i in range(len(prompts))])
+    gold = score_samples(gold_reward, prompts, completions)
+    scores = score_samples(partial(score_completions, rm, tok), prompts, completions)
+    acc, pairs = pairwise_accuracy_on_samples(gold, scores)
     return round(acc, 4), pairs
 
 
