@@ -19,8 +19,9 @@ from .stages import STAGE_REGISTRY, StageNotAvailable, get_stage
 from .stages.base import RunContext, Stage, apply_env, check_section_keys, run_stage, section_for
 
 STAGE_COMMANDS = tuple(STAGE_REGISTRY)
-COMMANDS = STAGE_COMMANDS + ("pipeline",)
+COMMANDS = STAGE_COMMANDS + ("pipeline", "plan")
 PIPELINE_HELP = "run every stage of a recipe and write report.md"
+PLAN_HELP = "memory plan of each stage of a recipe, and whether it fits a GPU (loads nothing)"
 
 
 class CLIError(Exception):
@@ -131,7 +132,58 @@ def _pipeline_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", help="YAML recipe, e.g. recipes/tiny-offline.yaml")
     p.add_argument("--output_dir", default=None, help="run folder (default: the recipe's output_dir)")
     p.add_argument("--stages", default=None, help="comma-separated subset of the recipe's stages to run")
+    p.add_argument("--skip-memory-check", action="store_true",
+                   help="on a GPU, run even when the memory plan says a stage does not fit (icegrt-trl plan)")
     return p
+
+
+def _plan_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="icegrt-trl plan", description=PLAN_HELP + ". Estimates from the configs: "
+                                "weights, gradients and AdamW states, activations, logits, the rollout's KV cache.")
+    p.add_argument("recipe", help="YAML recipe, e.g. recipes/qwen2.5-7b-qlora.yaml")
+    p.add_argument("--gpu-memory", default=None, help="memory of one GPU, e.g. 24GB (default: this machine's GPU, "
+                   "if any); the command exits 1 when a stage does not fit")
+    p.add_argument("--prompt-length", type=int, default=256,
+                   help="prompt tokens assumed for PPO and sampling when the recipe sets no max_prompt_length")
+    p.add_argument("--output_dir", default=None, help="run folder whose saved stages resolve stage: models")
+    return p
+
+
+def run_plan(argv: list[str]) -> int:
+    from .plan import GiB, parse_memory, plan_recipe, render_plan
+
+    args = _plan_parser().parse_args(argv)
+    recipe = load_recipe(args.recipe)
+    ctx = RunContext.from_recipe(recipe, args.output_dir)
+    budget = parse_memory(args.gpu_memory) or _gpu_memory()
+    plans = plan_recipe(recipe, ctx, prompt_length=args.prompt_length)
+    print(f"Memory plan of {recipe.path} (estimates, peak per stage)" +
+          (f", one GPU of {budget / GiB:.0f} GiB" if budget else ""))
+    print(render_plan(plans, budget))
+    return 1 if budget and any(p.total > budget for p in plans) else 0
+
+
+def _gpu_memory() -> int | None:
+    import torch
+
+    return torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else None
+
+
+def _check_memory_plan(recipe, ctx, names: list[str]) -> None:
+    """On a GPU: refuse a recipe whose memory plan exceeds the device before any stage loads a model."""
+    import logging
+
+    from .plan import PlanError, check_fits, plan_recipe
+
+    budget = _gpu_memory()
+    if budget is None:
+        return
+    try:
+        plans = plan_recipe(recipe, ctx)
+    except PlanError as err:  # an architecture the plan cannot read offline: no verdict, no refusal
+        logging.getLogger(__name__).warning("No memory plan: %s", err)
+        return
+    check_fits([p for p in plans if p.stage.split()[0] in names], budget)
 
 
 def run_pipeline(argv: list[str]) -> dict:
@@ -165,6 +217,8 @@ def run_pipeline(argv: list[str]) -> dict:
     for stage in stages:
         check_section_keys(section_for(recipe, stage), stage, recipe)
     parsed = [parse_stage_configs(stage, recipe, ctx, overrides.get(stage.name, [])) for stage in stages]
+    if not args.skip_memory_check:
+        _check_memory_plan(recipe, ctx, names)
     from .report import write_report
 
     for stage, configs in zip(stages, parsed):
@@ -184,6 +238,7 @@ def build_main_parser() -> argparse.ArgumentParser:
     for name in STAGE_COMMANDS:
         sub.add_parser(name, help=get_stage(name).help, add_help=False)
     sub.add_parser("pipeline", help=PIPELINE_HELP, add_help=False)
+    sub.add_parser("plan", help=PLAN_HELP, add_help=False)
     return p
 
 
@@ -206,6 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if command == "pipeline":
             run_pipeline(rest)
+        elif command == "plan":
+            return run_plan(rest)
         else:
             run_stage_command(command, rest)
     except (RecipeError, StageNotAvailable, CLIError) as err:

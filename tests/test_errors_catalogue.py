@@ -475,6 +475,14 @@ def test_unknown_key_in_the_testbed_section(tmp_path, capsys):
                             "grm_regularizer": "sft"},
                  "grm_regularizer needs reward_model_type 'grm' (a model that keeps its LM head).",
                  id="classifier_with_grm_regularizer"),
+    pytest.param("ppo", {"ptx_dataset_name": "trl-lib/Capybara"}, "stage 'ppo': ptx_dataset_name is set but "
+                 "ptx_split is not: name the split of SFT data, e.g. ptx_split: train.", id="ptx_dataset_without_split"),
+    pytest.param("ppo", {"reward_model_dtype": "int8"}, "stage 'ppo': reward_model_dtype='int8' must be auto, "
+                 "float32, bfloat16 or float16.", id="reward_model_dtype"),
+    pytest.param("eval", {"dtype": "int8"}, "stage 'eval': EvalArguments.dtype='int8' must be one of ('auto', "
+                 "'float32', 'bfloat16', 'float16').", id="eval_dtype"),
+    pytest.param("rlp", {"dtype": "int8"}, "stage 'rlp': dtype='int8' must be auto, float32, bfloat16 or float16.",
+                 id="rlp_dtype"),
 ])
 def test_bad_stage_options(tmp_path, capsys, command, section, message):
     path = recipe(tmp_path, {"stages": {command: section}})
@@ -688,3 +696,19 @@ def test_uml_samples_without_completions():
     with pytest.raises(ValueError, match=r"^UMLLoss samples need columns 'prompt' and 'completions'; missing "
                                          r"\['completions'\]\.$"):
         UMLLoss(Dataset.from_dict({"prompt": ["sort 2 1 :"], "answers": [[" 1 2", " 2 1"]]}))
+
+
+def test_load_trained_on_a_folder_that_is_not_a_ppo_output(tmp_path):
+    from icegrt_trl.ppo.checkpoints import load_trained
+
+    with pytest.raises(FileNotFoundError, match="has no value_head.safetensors: it is not the output of a PPO run"):
+        load_trained(tmp_path)
+
+
+def test_sample_preferences_without_any_pair(tmp_path, capsys):
+    """Near-greedy sampling gives each prompt identical samples, so no pair can be formed: one line, exit 2."""
+    path = recipe(tmp_path, {"testbed": {"num_unlabeled": 8, "num_eval": 4}, "stages": {"sample_preferences": {
+        "model_name_or_path": "testbed:llama:32x1", "num_prompts": 4, "temperature": 1e-6, "max_new_tokens": 4}}})
+    err = cli_error(capsys, ["pipeline", path, "--output_dir", str(tmp_path / "out")])
+    assert "sample_preferences: every prompt's samples got the same gold score, so no pair could be formed. Raise " \
+           "num_samples or temperature." in err

@@ -119,3 +119,47 @@ def load_rollout(folder: str, rank: int, device) -> dict | None:
     buffer = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in data.items()}
     buffer["perms"] = [p.to(device) for p in data["perms"]]
     return buffer
+
+
+def load_trained(folder, base_model: str | None = None, dtype=None):
+    """Reload what a PPO run saved (``save_model``, the ppo stage's folder, or its Hub repo) for use elsewhere.
+
+    Returns ``(policy, value_model, tokenizer)``. Under PEFT the policy is a ``PeftModel`` with the policy adapter
+    (``default``) active and the value adapter loaded beside it; `value_model` is a :class:`ValueModel` sharing that
+    base (values ``value_model(input_ids, attention_mask)``, one per token). `base_model` replaces the base named
+    in ``adapter_config.json`` (e.g. the Hub id of a base that was a local folder when training ran).
+    """
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    from ..stages.loading import load_saved_tokenizer
+    from .modeling import VALUE_ADAPTER, ValueModel, backbone_of, new_value_head
+
+    folder = Path(folder)
+    head_file = folder / VALUE_HEAD_FILE
+    if not head_file.is_file():
+        raise FileNotFoundError(f"{folder} has no {VALUE_HEAD_FILE}: it is not the output of a PPO run (save_model or "
+                                "the ppo stage's folder).")
+    kwargs = {"dtype": dtype} if dtype is not None else {}
+    tokenizer = load_saved_tokenizer(str(folder))
+    if (folder / "adapter_config.json").is_file():
+        from peft import PeftConfig, PeftModel
+
+        base_path = base_model or PeftConfig.from_pretrained(str(folder)).base_model_name_or_path
+        base = AutoModelForCausalLM.from_pretrained(base_path, **kwargs)
+        policy = PeftModel.from_pretrained(base, str(folder), adapter_name="default")
+        policy.load_adapter(str(folder / VALUE_ADAPTER), adapter_name=VALUE_ADAPTER)
+        policy.set_adapter("default")
+        backbone, adapter = backbone_of(policy), VALUE_ADAPTER
+    else:
+        policy = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
+        backbone, adapter = AutoModel.from_pretrained(str(folder / VALUE_MODEL_DIR), **kwargs), None
+    head_state = load_file(str(head_file))
+    head = new_value_head(head_state["weight"].shape[1]).to(head_state["weight"].dtype)
+    head.load_state_dict(head_state)
+    value = ValueModel(backbone, head, adapter=adapter, peft_model=policy if adapter else None)
+    policy.eval()
+    value.eval()
+    return policy, value, tokenizer

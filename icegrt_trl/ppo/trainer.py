@@ -69,6 +69,7 @@ class PPOTrainer(_BaseTrainer):
             KL controller, advantage normalization, value warm-up, ptx — and any number of :class:`PPOHook`.
         ptx_dataset: SFT/pretraining data for the ptx loss (``args.ptx_coef`` > 0).
         reward_processing_classes: the tokenizer of each reward model that does not share the policy's tokenizer.
+        dataset_name: the prompts' dataset, named on the model card (TRL's card field).
     """
 
     _tag_names = ["trl", "ppo", "icegrt-trl"]
@@ -91,7 +92,9 @@ class PPOTrainer(_BaseTrainer):
         plugins: list | None = None,
         ptx_dataset: Dataset | None = None,
         reward_processing_classes=None,
+        dataset_name: str | None = None,
     ):
+        self.dataset_name = dataset_name
         if not isinstance(args, PPOConfig):
             raise TypeError(f"`args` must be a PPOConfig, got {type(args).__name__}.")
         if train_dataset is None:

@@ -13,6 +13,7 @@ from .base import DataArguments, RunContext, Stage, StageNotAvailable
 # name -> (module, class), in recipe order
 STAGE_REGISTRY: dict[str, tuple[str, str]] = {
     "sft": ("icegrt_trl.stages.sft", "SFTStage"),
+    "sample_preferences": ("icegrt_trl.stages.preferences", "SamplePreferencesStage"),
     "reward": ("icegrt_trl.stages.reward", "RewardStage"),
     "reward_pmp": ("icegrt_trl.stages.reward", "RewardPMPStage"),
     "ppo": ("icegrt_trl.stages.ppo", "PPOStage"),

@@ -10,8 +10,11 @@ from trl import ModelConfig
 from ..recipe import RecipeError
 from .base import DataArguments, RunContext, Stage, documented
 from .judge import JudgeArguments, eval_prompts
+from ..policy_eval import response_lengths, sampled_kl
+from ..testbed import generate_completions, gold_reward, win_rate_of_completions
 from .loading import load_model, load_tokenizer, save_dir_exists
 
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 POLICY_STAGES = ("sft", "ppo", "rlp_uml/ppo", "rlp_spg/ppo")  # RLP's policies: <output_dir>/rlp_<method>/ppo
 
 
@@ -30,8 +33,14 @@ class EvalArguments:
         reward_models: reward-mode model specs. Empty: every reward stage of this run that saved a model.
         preference_splits: reward-mode splits (default: the testbed's clean in- and out-of-distribution pairs; test
             for other datasets).
-        bootstrap_samples: resamples for the reward-mode confidence intervals.
-        seed: seed of the bootstrap.
+        bootstrap_samples: resamples of the confidence intervals (gold score and exact match in policy mode,
+            accuracy in reward mode).
+        kl_num_prompts: policy mode (which also writes every greedy completion with its gold score to
+            <output_dir>/eval/samples.jsonl, the first few per policy to report.md): eval prompts on which KL(policy ‖ reference_policy) is estimated from one
+            temperature-1 sample each (0: skip).
+        dtype: dtype the policies are loaded in for judging (auto: as saved; bfloat16 is faster on CPUs with
+            AVX-512 BF16 and on GPUs).
+        seed: seed of the bootstrap and of the KL samples.
     """
 
     mode: str = "policy"
@@ -40,11 +49,28 @@ class EvalArguments:
     reward_models: list[str] = field(default_factory=list)
     preference_splits: list[str] = field(default_factory=list)
     bootstrap_samples: int = 1000
+    kl_num_prompts: int = 64
+    dtype: str = "auto"
     seed: int = 0
 
     def __post_init__(self):
         if self.mode not in ("policy", "reward"):
             raise ValueError(f"EvalArguments.mode must be 'policy' or 'reward', got {self.mode!r}.")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"EvalArguments.dtype={self.dtype!r} must be one of {DTYPES}.")
+
+
+SAMPLES_FILE = "samples.jsonl"
+
+
+def write_samples(folder, samples: list[dict]) -> None:
+    """Every judged completion, one JSON line each (policy, prompt, completion, gold)."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / SAMPLES_FILE, "w") as f:
+        for row in samples:
+            f.write(json.dumps(row, default=str) + "\n")
 
 
 class EvalStage(Stage):
@@ -60,8 +86,6 @@ class EvalStage(Stage):
         return self._policy_mode(ctx, args, judge)
 
     def _policy_mode(self, ctx, args: EvalArguments, judge: JudgeArguments) -> dict[str, Any]:
-        from ..testbed import gold_reward, generate_completions, win_rate_of_completions
-
         specs = args.policies or [f"stage:{s}" for s in POLICY_STAGES if save_dir_exists(ctx.stage_dir(s))]
         if not specs:
             raise RecipeError("Nothing to evaluate: no policy stage has saved a model in this run, and "
@@ -70,23 +94,51 @@ class EvalStage(Stage):
             init = ctx.results.get("sft", {}).get("model")  # the model the SFT stage started from
             if init and init.startswith("testbed:"):
                 specs.insert(0, init)
+        if args.reference_policy not in specs:  # judged too: the baseline every other figure is read against
+            specs.insert(0, args.reference_policy)
         prompts = eval_prompts(ctx, judge)
-        completions = {}
-        for spec in specs + ([args.reference_policy] if args.reference_policy not in specs else []):
-            tokenizer = load_tokenizer(ctx, spec)
-            model = load_model(ctx, ModelConfig(model_name_or_path=spec), tokenizer, kind="causal", seed=args.seed)
-            completions[spec] = generate_completions(model, tokenizer, prompts,
-                                                     max_new_tokens=judge.judge_max_new_tokens)
-        figures: dict[str, Any] = {"num_prompts": len(prompts)}
-        reference = completions[args.reference_policy]
+        tokenizer = load_tokenizer(ctx, args.reference_policy)
+        reference = self._load(ctx, args, args.reference_policy, tokenizer)
+        figures: dict[str, Any] = {"num_prompts": len(prompts), "reference_policy": args.reference_policy}
+        completions, samples = {}, []
         for spec in specs:
+            model = reference if spec == args.reference_policy else self._load(ctx, args, spec, tokenizer)
+            completions[spec] = generate_completions(model, tokenizer, prompts, max_new_tokens=judge.judge_max_new_tokens)
+            figures.update(self._figures(spec, prompts, completions[spec], completions[args.reference_policy]
+                                         if args.reference_policy in completions else None, args, tokenizer))
+            if spec != args.reference_policy and args.kl_num_prompts:
+                kl = sampled_kl(model, reference, tokenizer, prompts[: args.kl_num_prompts],
+                                max_new_tokens=judge.judge_max_new_tokens, seed=args.seed)
+                figures[f"{spec}/kl_vs_reference"] = round(kl["kl"], 4)
             scores = gold_reward(prompts, completions[spec])
-            figures[f"{spec}/gold_score"] = round(sum(scores) / len(scores), 4)
-            figures[f"{spec}/exact_match"] = round(sum(s == 1.0 for s in scores) / len(scores), 4)
-            if spec != args.reference_policy:
-                rate = win_rate_of_completions(prompts, completions[spec], reference)
-                figures[f"{spec}/win_rate_vs_{args.reference_policy}"] = round(rate, 4)
+            samples += [{"policy": spec, "prompt": p, "completion": c, "gold": g}
+                        for p, c, g in zip(prompts, completions[spec], scores)]
+            del model
+        write_samples(ctx.stage_dir(self.name), samples)
         return figures
+
+    @staticmethod
+    def _load(ctx, args: EvalArguments, spec: str, tokenizer):
+        return load_model(ctx, ModelConfig(model_name_or_path=spec, dtype=args.dtype), tokenizer, kind="causal",
+                          seed=args.seed)
+
+    @staticmethod
+    def _figures(spec, prompts, completions, reference, args: EvalArguments, tokenizer) -> dict[str, Any]:
+        from ..reward.evaluation import bootstrap_ci
+
+        scores = gold_reward(prompts, completions)
+        exact = [float(s == 1.0) for s in scores]
+        out: dict[str, Any] = {}
+        for name, values in (("gold_score", scores), ("exact_match", exact)):
+            low, high = bootstrap_ci(values, n_resamples=args.bootstrap_samples, seed=args.seed)
+            out[f"{spec}/{name}"] = round(sum(values) / len(values), 4)
+            out[f"{spec}/{name}_ci95"] = f"[{low:.3f}, {high:.3f}]"
+        lengths = response_lengths(tokenizer, completions)
+        out[f"{spec}/response_tokens"] = round(sum(lengths) / len(lengths), 2)
+        if reference is not None and spec != args.reference_policy:
+            out[f"{spec}/win_rate_vs_{args.reference_policy}"] = round(
+                win_rate_of_completions(prompts, completions, reference), 4)
+        return out
 
     def _reward_mode(self, ctx, args: EvalArguments, data: DataArguments) -> dict[str, Any]:
         from ..reward.evaluation import evaluate_reward_models

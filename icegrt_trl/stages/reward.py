@@ -16,6 +16,8 @@ from trl import ModelConfig, get_peft_config
 from ..recipe import RecipeError
 from ..reward import GRMRewardModel, RewardConfig, RewardTrainer
 from ..reward.evaluation import evaluate_reward_model, flatten_results, write_reward_eval
+from ..cards import stage_card_section
+from ..hub import defer_push, push_folder
 from .base import DataArguments, RunContext, Stage, documented
 from .loading import load_model, load_tokenizer
 
@@ -117,14 +119,19 @@ def _train(model, args: RewardConfig, train, tokenizer, peft, loss_plugins=None)
     return trainer, result, model
 
 
-def _finish(ctx, out, trainer, model, tokenizer, evals, margs, args, prefix=""):
+def _finish(ctx, out, trainer, model, tokenizer, evals, margs, args, prefix="", dataset=None):
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
-    trainer.create_model_card()  # TRL's card + our loss/head sections, into args.output_dir
+    trainer.create_model_card(dataset_name=dataset)  # TRL's card + our loss/head sections, into args.output_dir
     results = evaluate_reward_model(model, tokenizer, evals, n_resamples=margs.eval_bootstrap_samples,
                                     seed=args.seed)
     write_reward_eval(results, out, model_dir=out)
-    return flatten_results(results, prefix)
+    figures = flatten_results(results, prefix)
+    stage_card_section(out, "reward", str(ctx.recipe.path) if ctx.recipe.path else None, dataset or "preference pairs",
+                       figures, "from icegrt_trl.reward.evaluation import load_reward_model\n"
+                                "model, tokenizer = load_reward_model(folder)  # GRM or sequence classifier, head type "
+                                "as saved")
+    return figures
 
 
 class RewardStage(Stage):
@@ -143,6 +150,7 @@ def train_reward_model(ctx: RunContext, model_args: ModelConfig, data: RewardDat
     training split (RLP's synthetic pairs); ``loss_plugins``: reward-loss plugin instances (RLP's UML)."""
     from datasets import concatenate_datasets
 
+    push = defer_push(args)  # the stage pushes its finished (merged) folder, not the trainer's adapter re-save
     tokenizer = load_tokenizer(ctx, model_args.model_name_or_path)
     model = _build_model(ctx, model_args, margs, args, tokenizer)
     train = ctx.dataset(data, data.train_split())
@@ -154,7 +162,10 @@ def train_reward_model(ctx: RunContext, model_args: ModelConfig, data: RewardDat
     figures: dict[str, Any] = {"model": model_args.model_name_or_path, "train_pairs": len(train),
                                "train_loss": round(result.training_loss, 4), "train_steps": result.global_step,
                                "grm_regularizer": args.grm_regularizer, **_data_figures(trainer)}
-    figures.update(_finish(ctx, out, trainer, model, tokenizer, evals, margs, args))
+    figures.update(_finish(ctx, out, trainer, model, tokenizer, evals, margs, args,
+                           dataset=f"{data.dataset_name} ({data.train_split()})"))
+    if push:
+        figures["hub_repo"] = push_folder(out, args)
     return figures
 
 
@@ -165,6 +176,7 @@ class RewardPMPStage(Stage):
 
     def run(self, ctx: RunContext, model_args: ModelConfig, data: RewardDataArguments, args: RewardConfig,
             margs: RewardModelArguments, pmp: PMPArguments) -> dict[str, Any]:
+        push = defer_push(args)
         tokenizer = load_tokenizer(ctx, model_args.model_name_or_path)
         model = _build_model(ctx, model_args, margs, args, tokenizer)
         evals = {s: ctx.dataset(data, s) for s in data.eval_splits(ctx)}
@@ -183,6 +195,8 @@ class RewardPMPStage(Stage):
         figures.update({"rm_pairs": len(train), "rm/train_loss": round(result.training_loss, 4),
                         **_data_figures(trainer)})
         figures.update(_finish(ctx, out, trainer, model, tokenizer, evals, margs, args, prefix="rm/"))
+        if push:
+            figures["hub_repo"] = push_folder(out, args)
         return figures
 
 

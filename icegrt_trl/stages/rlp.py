@@ -46,6 +46,7 @@ class RLPArguments:
         sample_temperature: sampling temperature (the paper: 1.0).
         max_new_tokens: length budget of each sample (default: the ppo section's response_length).
         sample_batch_size: sequences generated at once; lower it if sampling runs out of memory (results do not change).
+        dtype: dtype the policy samples in (auto: as saved; bfloat16 is 2-4x faster on CPUs with AVX-512 BF16).
         judge: SPG's semantic-equivalence judge: exact (normalized exact match; on the testbed after parsing the
             answer), embedding (cosine of sentence embeddings, offline all-MiniLM-L6-v2) or nli (bidirectional
             entailment with an NLI cross-encoder, e.g. cross-encoder/nli-deberta-v3-large; give a local folder).
@@ -75,6 +76,7 @@ class RLPArguments:
     sample_temperature: float = 1.0
     max_new_tokens: int | None = None
     sample_batch_size: int = 256
+    dtype: str = "auto"
     judge: str = "exact"
     judge_model: str | None = None
     judge_mode: str = "strict"
@@ -105,6 +107,8 @@ class RLPArguments:
             raise ValueError(f"judge={self.judge!r} must be 'exact', 'embedding' or 'nli'.")
         if self.uml_lam < 0:
             raise ValueError(f"uml_lam={self.uml_lam} must be >= 0.")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype={self.dtype!r} must be auto, float32, bfloat16 or float16.")
 
 
 class RLPStage(Stage):
@@ -134,12 +138,13 @@ class RLPStage(Stage):
         if args.judge_model:
             judge_kwargs["model_name_or_path"] = args.judge_model
         if args.judge == "exact" and on_testbed:
-            judge_kwargs["extract"] = _testbed_answer
+            judge_kwargs["extract"] = _testbed_answer_reader(ctx.testbed_config().suite)
         judge = build_judge(args.judge, **judge_kwargs) if "spg" in args.methods else None
 
         # 1. samples of the policy on U (and on held-out prompts, to measure the reward model where PPO samples)
         tokenizer = load_tokenizer(ctx, args.policy_path)
-        policy = load_model(ctx, ModelConfig(model_name_or_path=args.policy_path), tokenizer, kind="causal")
+        policy = load_model(ctx, ModelConfig(model_name_or_path=args.policy_path, dtype=args.dtype), tokenizer,
+                            kind="causal")
         split = args.unlabeled_split or data.train_split()
         unlabeled = ctx.dataset(data, split)
         if "prompt" not in unlabeled.column_names or len(unlabeled) == 0:
@@ -172,6 +177,9 @@ class RLPStage(Stage):
             rargs.output_dir = str(out / "reward" / "checkpoints")
             if args.refit_seed is not None:
                 rargs.seed = args.refit_seed
+            suffix = f"-rlp-{method}" + (f"-{args.run_name}" if args.run_name else "")
+            if rargs.push_to_hub:  # beside the first reward model's repo, not over it
+                rargs.hub_model_id = f"{rargs.hub_model_id or 'reward'}{suffix}"
             if method == "spg":
                 report: dict = {}
                 pairs = synthesize_preferences(samples, judge, gamma=args.gamma, seed=args.seed, report=report)
@@ -193,6 +201,8 @@ class RLPStage(Stage):
             pm, pdata, pargs, preward, pjudge = _fresh(ppo_cfg)
             pm.model_name_or_path = ppo_cfg[0].model_name_or_path or "stage:sft"  # PPO again from the SFT policy
             pargs.reward_model_path = str(out / "reward")
+            if pargs.push_to_hub:
+                pargs.hub_model_id = f"{pargs.hub_model_id or 'ppo'}{suffix}"
             ppo_figures = run_ppo(ctx, pm, pdata, pargs, preward, pjudge, out / "ppo", checkpoints_in_out=True)
             figures.update({f"{method}/ppo/{k}": v for k, v in ppo_figures.items()
                             if k not in ("model", "reward", "prompts")})
@@ -212,6 +222,15 @@ def _testbed_answer(text: str):
     from ..testbed.tasks import parse_answer
 
     return tuple(parse_answer(text))
+
+
+def _testbed_answer_reader(suite: str):
+    """The exact-match judge's answer extractor for the testbed suite: digit answers, or a chat answer's numbers."""
+    if suite == "chat":
+        from ..testbed.chat_tasks import extract_chat_answer
+
+        return extract_chat_answer
+    return _testbed_answer
 
 
 def _accuracy_on_samples(rm, tok, prompts, completions) -> tuple[float, int]:

@@ -7,6 +7,8 @@ from typing import Any, ClassVar
 
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
+from ..cards import stage_card_section
+from ..hub import defer_push, push_folder
 from .base import DataArguments, RunContext, Stage, documented
 from .judge import JudgeArguments, judge_policy
 from .loading import load_model, load_tokenizer
@@ -39,6 +41,7 @@ class SFTStage(Stage):
         use_judge = data.dataset_name == "testbed" and judge.judge_policies
         if use_judge:
             figures["gold_score_before"] = judge_policy(ctx, model, tokenizer, judge)
+        push = defer_push(args)
         trainer = SFTTrainer(
             model=model,
             args=args,
@@ -55,6 +58,12 @@ class SFTStage(Stage):
         figures["train_steps"] = result.global_step
         if use_judge:
             figures["gold_score_after"] = judge_policy(ctx, trainer.model, tokenizer, judge)
-        if args.push_to_hub:
-            trainer.push_to_hub()
+        trainer.create_model_card(dataset_name=data.dataset_name)  # TRL's card, into args.output_dir (= out)
+        stage_card_section(out, self.name, str(ctx.recipe.path) if ctx.recipe.path else None,
+                           f"{data.dataset_name} ({data.train_split()})", figures,
+                           "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+                           "model = AutoModelForCausalLM.from_pretrained(folder)\n"
+                           "tokenizer = AutoTokenizer.from_pretrained(folder)")
+        if push:
+            figures["hub_repo"] = push_folder(out, args)
         return figures

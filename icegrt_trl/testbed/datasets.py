@@ -13,6 +13,10 @@ split                  columns                                      used by
 =====================  ===========================================  ==========================================
 
 Evaluation prompts are held out: no other split contains them.
+
+The ``chat`` suite (``TestbedConfig(suite="chat")``, tasks in `chat_tasks`) is for real instruction models: chat
+prompts with a programmatic gold reward, and only the ``sft``, ``unlabeled`` and ``eval`` splits — its preference
+pairs come from the model's own samples (the ``sample_preferences`` stage).
 """
 
 from __future__ import annotations
@@ -22,7 +26,11 @@ from dataclasses import dataclass
 
 from datasets import Dataset, DatasetDict
 
+from .chat_tasks import CHAT_TASKS, sample_chat_problem
 from .tasks import TASKS, Problem, corrupt, format_answer, parse_answer, sample_problem, score_answer
+
+
+SUITES = {"digits": TASKS, "chat": CHAT_TASKS}
 
 
 @dataclass
@@ -31,7 +39,10 @@ class TestbedConfig:
 
     Args:
         seed: seed of every random choice; the same seed gives the same datasets.
-        tasks: task families to draw problems from (``"sort"``, ``"reverse"``).
+        suite: ``"digits"`` — the digit tasks for tiny models (every split below); ``"chat"`` — chat tasks for a
+            real instruction model (arithmetic, counting, sorting, capitals; `sft`, `unlabeled` and `eval` only).
+        tasks: task families to draw problems from (digits: ``"sort"``, ``"reverse"``; chat: ``"add"``,
+            ``"count"``, ``"sort"``, ``"upper"``). Default: all of the suite's.
         min_len, max_len: input lengths (digits) of in-distribution problems.
         ood_min_len, ood_max_len: input lengths of the out-of-distribution preference split.
         num_sft: demonstrations. demo_error_rate: share of demonstrations with one random mistake.
@@ -49,7 +60,8 @@ class TestbedConfig:
     __test__ = False  # not a pytest class despite its name
 
     seed: int = 0
-    tasks: tuple[str, ...] = TASKS
+    suite: str = "digits"
+    tasks: tuple[str, ...] | None = None
     min_len: int = 3
     max_len: int = 6
     ood_min_len: int = 7
@@ -69,6 +81,13 @@ class TestbedConfig:
     conversational: bool = False
 
     def __post_init__(self):
+        if self.suite not in SUITES:
+            raise ValueError(f"TestbedConfig.suite={self.suite!r}; choose one of {tuple(SUITES)}.")
+        known = SUITES[self.suite]
+        self.tasks = tuple(self.tasks) if self.tasks else known
+        if set(self.tasks) - set(known):
+            raise ValueError(f"Unknown {self.suite} testbed tasks {sorted(set(self.tasks) - set(known))}; "
+                             f"choose from {known}.")
         for name in ("demo_error_rate", "label_noise", "pmp_label_noise"):
             if not 0.0 <= getattr(self, name) <= 0.5:
                 raise ValueError(f"TestbedConfig.{name}={getattr(self, name)} must lie in [0, 0.5].")
@@ -77,7 +96,7 @@ class TestbedConfig:
                 raise ValueError(f"TestbedConfig.{name}={getattr(self, name)} must lie in [0, 1].")
         if not 1 <= self.min_len <= self.max_len:
             raise ValueError("TestbedConfig needs 1 <= min_len <= max_len.")
-        unknown = (set(self.tasks) | set(self.demo_verbose_tasks)) - set(TASKS)
+        unknown = set(self.demo_verbose_tasks) - set(TASKS)
         if unknown:
             raise ValueError(f"Unknown testbed tasks {sorted(unknown)}; choose from {TASKS}.")
 
@@ -140,6 +159,8 @@ def _preference_rows(problems, rng, noise, fmt, verbose_rate):
 def make_datasets(config: TestbedConfig | None = None, **overrides) -> DatasetDict:
     """Build every split of the testbed (see module docstring)."""
     config = config or TestbedConfig(**overrides)
+    if config.suite == "chat":
+        return _chat_datasets(config)
     rng = random.Random(config.seed)
     fmt = _Formatter(config.conversational)
     eval_problems = _problems(rng, config.num_eval, config.min_len, config.max_len, config.tasks, set())
@@ -166,6 +187,34 @@ def make_datasets(config: TestbedConfig | None = None, **overrides) -> DatasetDi
         "unlabeled": [{"prompt": fmt.prompt(p)} for p in draw(config.num_unlabeled)],
         "eval": [{"prompt": fmt.prompt(p)} for p in eval_problems],
     }
+    return DatasetDict({name: Dataset.from_list(rows) for name, rows in splits.items()})
+
+
+def _chat_datasets(config: TestbedConfig) -> DatasetDict:
+    """The chat suite: conversational prompts; demonstrations give the bare answer (`demo_error_rate` of them a
+    wrong one: another problem's answer of the same task)."""
+    rng = random.Random(config.seed)
+    seen: set[str] = set()
+
+    def draw(n):
+        out = []
+        while len(out) < n:
+            p = sample_chat_problem(rng, config.tasks)
+            if p.instruction not in seen:
+                seen.add(p.instruction)
+                out.append(p)
+        return out
+
+    user = lambda p: [{"role": "user", "content": p.instruction}]  # noqa: E731
+    eval_problems = draw(config.num_eval)
+    sft_rows = []
+    for p in draw(config.num_sft):
+        answer = p.answer
+        if rng.random() < config.demo_error_rate:
+            answer = sample_chat_problem(rng, (p.task,)).answer
+        sft_rows.append({"prompt": user(p), "completion": [{"role": "assistant", "content": answer}]})
+    splits = {"sft": sft_rows, "unlabeled": [{"prompt": user(p)} for p in draw(config.num_unlabeled)],
+              "eval": [{"prompt": user(p)} for p in eval_problems]}
     return DatasetDict({name: Dataset.from_list(rows) for name, rows in splits.items()})
 
 

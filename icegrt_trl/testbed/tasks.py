@@ -85,11 +85,21 @@ def score_answer(answer: list, target: tuple[int, ...]) -> float:
     return 0.5 * (position + content) / denom
 
 
+def gold_score(prompt, completion) -> float:
+    """The gold score of one completion: a chat task's (`chat_tasks`) when the prompt states one, else a digit task's."""
+    from .chat_tasks import parse_chat_prompt, score_chat_answer
+
+    chat = parse_chat_prompt(prompt)
+    if chat is not None:
+        return score_chat_answer(chat, completion_text(completion))
+    return score_answer(parse_answer(completion), parse_prompt(prompt).target)
+
+
 def gold_reward(prompts: list, completions: list, **kwargs) -> list[float]:
-    """The hidden gold reward, with the signature of a TRL/GRPO reward function."""
+    """The hidden gold reward, with the signature of a TRL/GRPO reward function (both suites)."""
     if len(prompts) != len(completions):
         raise ValueError(f"gold_reward got {len(prompts)} prompts and {len(completions)} completions.")
-    return [score_answer(parse_answer(c), parse_prompt(p).target) for p, c in zip(prompts, completions)]
+    return [gold_score(p, c) for p, c in zip(prompts, completions)]
 
 
 def sample_problem(rng: random.Random, min_len: int, max_len: int, tasks=TASKS) -> Problem:
