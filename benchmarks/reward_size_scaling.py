@@ -26,7 +26,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "tiny-offline.yaml"
 RESULTS = ROOT / "benchmarks" / "results" / "reward_size_scaling.json"
-SIZES = ("64x2", "128x4", "256x4", "256x8")  # hidden x layers of the reward model (the policy is 128x4)
+SIZES = ("64x2", "128x4", "256x6")  # hidden x layers of the reward model (the policy is 128x4)
 
 
 def run(cmd: list[str]) -> None:

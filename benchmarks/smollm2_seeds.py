@@ -47,12 +47,31 @@ def run_seed(seed: int, root: Path) -> dict:
            "rm_acc_on_ppo_samples_before": res["rlp"].get("rm_accuracy_on_policy_samples/before"),
            "rm_acc_on_ppo_samples_after_spg": res["rlp"].get("rm_accuracy_on_policy_samples/after_spg"),
            "preference_pairs": res["sample_preferences"]["pairs"]}
+    row.update(paired_gains(out / "eval" / "samples.jsonl"))
     for _, spec in POLICIES:
         for key in ("gold_score", "gold_score_ci95", "exact_match", "response_tokens", "kl_vs_reference",
                     "win_rate_vs_testbed:smollm2"):
             if f"{spec}/{key}" in ev:
                 row[f"{spec}/{key}"] = ev[f"{spec}/{key}"]
     return row
+
+
+def paired_gains(samples_file: Path, n_resamples: int = 1000) -> dict:
+    """Per policy: the mean over prompts of (its gold − the start's gold), with a paired bootstrap 95 % interval."""
+    from icegrt_trl.reward.evaluation import bootstrap_ci
+
+    gold: dict[str, list[float]] = {}
+    for line in samples_file.read_text().splitlines():
+        r = json.loads(line)
+        gold.setdefault(r["policy"], []).append(r["gold"])
+    start = gold[POLICIES[0][1]]
+    out = {}
+    for _, spec in POLICIES[1:]:
+        diffs = [a - b for a, b in zip(gold[spec], start)]
+        low, high = bootstrap_ci(diffs, n_resamples=n_resamples, seed=0)
+        out[f"{spec}/gain"] = round(sum(diffs) / len(diffs), 4)
+        out[f"{spec}/gain_ci95"] = f"[{low:.3f}, {high:.3f}]"
+    return out
 
 
 def summarize(rows: list[dict]) -> str:
@@ -63,17 +82,20 @@ def summarize(rows: list[dict]) -> str:
         sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
         return f"{statistics.mean(vals):.3f} ± {sd:.3f}"
 
-    lines = ["| policy | gold score | exact match | win-rate vs start | KL to start (nats) | response tokens |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| policy | gold score | gain over start | exact match | win-rate vs start | KL to start (nats) | "
+             "response tokens |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for label, spec in POLICIES:
-        lines.append(f"| {label} | {ms(spec + '/gold_score')} | {ms(spec + '/exact_match')} | "
+        lines.append(f"| {label} | {ms(spec + '/gold_score')} | {ms(spec + '/gain')} | {ms(spec + '/exact_match')} | "
                      f"{ms(spec + '/win_rate_vs_testbed:smollm2')} | {ms(spec + '/kl_vs_reference')} | "
                      f"{ms(spec + '/response_tokens')} |")
-    lines += ["", "Per seed (gold score, 95 % bootstrap interval over the 200 prompts):", "",
-              "| seed | start | PPO | RLP-SPG → PPO | RM acc. (test) | RM acc. on PPO samples before → after SPG | "
-              "minutes |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += ["", "Per seed: gold score of the start, gain over it with a paired 95 % bootstrap interval over the 200 "
+              "prompts:", "",
+              "| seed | start | PPO gain | RLP-SPG → PPO gain | RM acc. (test) | RM acc. on PPO samples before → after "
+              "SPG | minutes |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        cells = [f"{r.get(s + '/gold_score', '–')} {r.get(s + '/gold_score_ci95', '')}" for _, s in POLICIES]
+        start = POLICIES[0][1]
+        cells = [f"{r.get(start + '/gold_score')}"] + [f"{r.get(s + '/gain', '–')} {r.get(s + '/gain_ci95', '')}"
+                                                       for _, s in POLICIES[1:]]
         lines.append(f"| {r['seed']} | {' | '.join(cells)} | {r['rm_test_accuracy']} | "
                      f"{r['rm_acc_on_ppo_samples_before']} → {r['rm_acc_on_ppo_samples_after_spg']} | "
                      f"{r['runtime_s'] / 60:.0f} |")

@@ -120,9 +120,24 @@ def trainable_state_bytes(trainable: int, param_bytes: int) -> int:
     return 3 * trainable * param_bytes
 
 
-def activation_bytes(arch: Architecture, tokens: int, act_bytes: int, checkpointing: bool) -> int:
-    """What the backward pass keeps from the decoder layers for `tokens` tokens (logits excluded)."""
+def lora_input_values(arch: Architecture, targets) -> int:
+    """Per token and layer, the inputs LoRA keeps for its backward: each adapted linear layer's input again (its
+    dropout makes a copy, even where several layers share an input)."""
+    if targets in (None, [], ()):
+        targets = PEFT_DEFAULT_TARGETS
+    elif targets == "all-linear" or list(targets) == ["all-linear"]:
+        targets = LINEAR_NAMES
+    shapes = arch.linear_shapes()
+    return sum(shapes[t][0] for t in targets if t in shapes)
+
+
+def activation_bytes(arch: Architecture, tokens: int, act_bytes: int, checkpointing: bool,
+                     lora_targets=False) -> int:
+    """What the backward pass keeps from the decoder layers for `tokens` tokens (logits excluded); `lora_targets`
+    (anything but False) adds LoRA's own copies of its inputs."""
     per_token_layer = 7 * arch.hidden_size + 2 * arch.kv_size + 5 * arch.intermediate_size
+    if lora_targets is not False:
+        per_token_layer += lora_input_values(arch, lora_targets)
     if checkpointing:
         return tokens * act_bytes * (arch.num_layers * arch.hidden_size + per_token_layer)
     return tokens * act_bytes * arch.num_layers * per_token_layer
@@ -132,6 +147,11 @@ def logits_bytes(arch: Architecture, tokens: int, act_bytes: int, with_grad: boo
     """The logits (compute dtype), their fp32 copy for the log-softmax, and under training that copy's gradient."""
     copies = act_bytes + 4 + (4 if with_grad else 0)
     return tokens * arch.vocab_size * copies
+
+
+def autocast_copy_bytes(arch: Architecture, param_bytes: int, bf16: bool, load_in_4bit: bool = False) -> int:
+    """bf16 autocast over fp32 weights caches a bf16 copy of every weight it multiplies, for the whole forward."""
+    return arch.parameters() * 2 if bf16 and param_bytes == 4 and not load_in_4bit else 0
 
 
 def kv_cache_bytes(arch: Architecture, rows: int, length: int, act_bytes: int) -> int:
@@ -192,7 +212,11 @@ def _train_components(plan: StagePlan, m: ModelSetup, tokens: int, logit_tokens:
     n, b = m.trainable()
     plan.components[f"weights{label}"] = m.weights() + (n * b if m.lora_r else 0)
     plan.components[f"gradients + AdamW states{label}"] = trainable_state_bytes(n, b)
-    plan.components[f"activations{label}"] = activation_bytes(m.arch, tokens, m.act_bytes, m.checkpointing)
+    plan.components[f"activations{label}"] = activation_bytes(m.arch, tokens, m.act_bytes, m.checkpointing,
+                                                              m.lora_targets if m.lora_r else False)
+    copies = autocast_copy_bytes(m.arch, m.param_bytes, m.bf16, m.load_in_4bit)
+    if copies:
+        plan.components[f"bf16 weight copies (autocast){label}"] = copies
     if logit_tokens:
         plan.components[f"logits{label}"] = logits_bytes(m.arch, logit_tokens, m.act_bytes, with_grad=True)
 
@@ -236,14 +260,20 @@ def plan_ppo(policy: ModelSetup, reward: ModelSetup, args, prompt_length: int) -
         plan.components["gradients + AdamW states"] = trainable_state_bytes(n + backbone, b)
         models = "four models (policy, value, reference, reward)"
     plan.components["reward model"] = reward.weights()
+    copies = autocast_copy_bytes(policy.arch, policy.param_bytes, policy.bf16, policy.load_in_4bit) \
+        + autocast_copy_bytes(reward.arch, reward.param_bytes, policy.bf16, reward.load_in_4bit)
+    if copies:
+        plan.components["bf16 weight copies (autocast)"] = copies
     # training: the policy and the value forward of one micro-batch, both with grad
-    train = 2 * activation_bytes(policy.arch, tokens, policy.act_bytes, policy.checkpointing) \
+    lora = policy.lora_targets if policy.lora_r else False
+    train = 2 * activation_bytes(policy.arch, tokens, policy.act_bytes, policy.checkpointing, lora) \
         + logits_bytes(policy.arch, tokens, policy.act_bytes, with_grad=True)
-    # rollout: generation chunk KV cache, then no-grad forwards of a chunk (logits of one model at a time)
-    rows = min(args.local_rollout_forward_batch_size, args.per_device_train_batch_size * args.gradient_accumulation_steps
-               * args.num_samples_per_prompt)
-    rollout = max(generation_bytes(policy.arch, rows, prompt_length, args.response_length, policy.act_bytes),
-                  logits_bytes(policy.arch, rows * seq, policy.act_bytes, with_grad=False))
+    # rollout: generation chunk KV cache, then no-grad forwards of a chunk: the policy's and the reference's logits
+    # over the whole sequence at once, and fp32 log-softmax and entropy temporaries over the response positions
+    rows = min(args.local_rollout_forward_batch_size, args.per_device_train_batch_size * args.gradient_accumulation_steps)
+    forwards = 2 * rows * seq * policy.arch.vocab_size * policy.act_bytes \
+        + rows * args.response_length * policy.arch.vocab_size * 12
+    rollout = max(generation_bytes(policy.arch, rows, prompt_length, args.response_length, policy.act_bytes), forwards)
     plan.components["activations (training micro-batch)" if train >= rollout else "rollout (KV cache + logits)"] = \
         max(train, rollout)
     plan.notes.append(f"{models}; micro-batch {micro} × {seq} tokens ({prompt_length} prompt + "
@@ -308,7 +338,6 @@ def resolve_architecture(spec: str, recipe, ctx) -> Architecture:
         from .testbed import build_tokenizer, tiny_config
 
         arch, size = parse_testbed_spec(spec)
-        size = {"hidden_size": size["hidden_size"], "num_layers": size["num_layers"]} if size else {}
         return architecture_from_config(tiny_config(arch, build_tokenizer(), **size))
     from transformers import AutoConfig
 
@@ -378,8 +407,11 @@ def plan_recipe(recipe, ctx, prompt_length: int = 256) -> list[StagePlan]:
             spec = ev.reference_policy if ev.reference_policy != "stage:sft" or "sft" in recipe.stages else "stage:ppo"
             arch = resolve_architecture(spec, recipe, ctx)
             m = ModelSetup(arch, ev.dtype if ev.dtype != "auto" else "float32", False, None, None, False, False)
-            plans.append(plan_generation(m, name, 64, prompt_length, configs[2].judge_max_new_tokens,
-                                         extra_models=1))
+            new = configs[2].judge_max_new_tokens
+            plans.append(plan_generation(m, name, 64, prompt_length, new, extra_models=1))
+            if ev.kl_num_prompts:  # sampled_kl: both models' full-sequence logits of a chunk of 32, fp32 log-softmax
+                plans[-1].components["KL forwards (logits)"] = logits_bytes(
+                    arch, min(32, ev.kl_num_prompts) * (prompt_length + new), m.act_bytes, with_grad=False)
             plans[-1].notes.append("two policies at once (the one judged and the KL reference)")
     for p in plans:
         p.components["runtime (framework, allocator slack)"] = RUNTIME_BYTES

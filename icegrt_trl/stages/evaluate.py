@@ -94,8 +94,10 @@ class EvalStage(Stage):
             init = ctx.results.get("sft", {}).get("model")  # the model the SFT stage started from
             if init and init.startswith("testbed:"):
                 specs.insert(0, init)
-        if args.reference_policy not in specs:  # judged too: the baseline every other figure is read against
-            specs.insert(0, args.reference_policy)
+        for spec in specs + [args.reference_policy]:  # every model exists, before any is loaded
+            ctx.resolve_path(spec)
+        # the reference first (judged too: every other figure is read against it), then the others in order
+        specs = [args.reference_policy] + [s for s in specs if s != args.reference_policy]
         prompts = eval_prompts(ctx, judge)
         tokenizer = load_tokenizer(ctx, args.reference_policy)
         reference = self._load(ctx, args, args.reference_policy, tokenizer)
@@ -138,6 +140,11 @@ class EvalStage(Stage):
         if reference is not None and spec != args.reference_policy:
             out[f"{spec}/win_rate_vs_{args.reference_policy}"] = round(
                 win_rate_of_completions(prompts, completions, reference), 4)
+            # paired over prompts: the interval of the gain itself, narrower than comparing two intervals
+            diffs = [a - b for a, b in zip(scores, gold_reward(prompts, reference))]
+            low, high = bootstrap_ci(diffs, n_resamples=args.bootstrap_samples, seed=args.seed)
+            out[f"{spec}/gold_gain_vs_{args.reference_policy}"] = round(sum(diffs) / len(diffs), 4)
+            out[f"{spec}/gold_gain_vs_{args.reference_policy}_ci95"] = f"[{low:.3f}, {high:.3f}]"
         return out
 
     def _reward_mode(self, ctx, args: EvalArguments, data: DataArguments) -> dict[str, Any]:

@@ -50,7 +50,7 @@ class SamplePreferencesArguments:
         num_samples: samples per prompt; a pair takes two of them with different gold scores (a prompt whose samples
             all score the same gives no pair).
         temperature: sampling temperature (the model's own generation_config is set aside, as in PPO rollouts).
-        max_new_tokens: length budget of each sample.
+        max_new_tokens: new tokens per sample at most; an answer cut at this length is scored as it stands.
         sample_batch_size: sequences generated at once; lower it if sampling runs out of memory.
         label_noise: share of training pairs whose chosen and rejected are swapped (a noisy labeller), in [0, 0.5].
         test_size: share of the pairs written to test.jsonl, with clean labels (the reward stage's evaluation split),
