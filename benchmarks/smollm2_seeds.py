@@ -44,8 +44,8 @@ def run_seed(seed: int, root: Path) -> dict:
     ev = res["eval"]
     row = {"seed": seed, "runtime_s": sum(v.get("runtime_s", 0) for v in res.values()),
            "rm_test_accuracy": res["reward"].get("test/accuracy"),
-           "rm_acc_on_ppo_samples_before": res["rlp"].get("rm_accuracy_on_policy_samples/before"),
-           "rm_acc_on_ppo_samples_after_spg": res["rlp"].get("rm_accuracy_on_policy_samples/after_spg"),
+           "rm_acc_on_ppo_samples_before": res.get("rlp", {}).get("rm_accuracy_on_policy_samples/before"),
+           "rm_acc_on_ppo_samples_after_spg": res.get("rlp", {}).get("rm_accuracy_on_policy_samples/after_spg"),
            "preference_pairs": res["sample_preferences"]["pairs"]}
     row.update(paired_gains(out / "eval" / "samples.jsonl"))
     for _, spec in POLICIES:
@@ -67,6 +67,8 @@ def paired_gains(samples_file: Path, n_resamples: int = 1000) -> dict:
     start = gold[POLICIES[0][1]]
     out = {}
     for _, spec in POLICIES[1:]:
+        if spec not in gold:  # a run whose rlp stage did not run
+            continue
         diffs = [a - b for a, b in zip(gold[spec], start)]
         low, high = bootstrap_ci(diffs, n_resamples=n_resamples, seed=0)
         out[f"{spec}/gain"] = round(sum(diffs) / len(diffs), 4)
