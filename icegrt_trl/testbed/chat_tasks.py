@@ -20,6 +20,10 @@ sum is twenty" 0.0. Following the format counts as much as the arithmetic: with 
 model fitted on SmolLM2's own samples learns that long explanations (which are more often right) are better, and
 PPO against it makes answers longer and worse (measured; docs/recipes.md). SmolLM2-135M-Instruct starts low: it
 answers wordily ("The numbers are 32, 26, 20.", "11 + 16 = 22") and often wrong; both parts can be learned.
+
+Known loophole, kept so that measured runs stay comparable: for `larger` the first number named counts as the answer,
+so a restatement that names the larger number first ("45 - 44 = ...") earns the correctness half. PPO on SmolLM2 found
+some of these (docs/recipes.md).
 """
 
 from __future__ import annotations
