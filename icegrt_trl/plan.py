@@ -69,12 +69,17 @@ class Architecture:
     def parameters(self) -> int:
         return self.linear_parameters() + self.other_parameters()
 
+    def lora_targets(self, targets) -> tuple[str, ...]:
+        """The linear layers LoRA adapts: PEFT's defaults for no targets, every projection for ``all-linear``."""
+        if targets in (None, [], ()):
+            return PEFT_DEFAULT_TARGETS
+        if targets == "all-linear" or list(targets) == ["all-linear"]:
+            return LINEAR_NAMES
+        return tuple(targets)
+
     def lora_parameters(self, r: int, targets) -> int:
         shapes = self.linear_shapes()
-        if targets in (None, [], ()):
-            targets = PEFT_DEFAULT_TARGETS
-        elif targets == "all-linear" or list(targets) == ["all-linear"]:
-            targets = LINEAR_NAMES
+        targets = self.lora_targets(targets)
         unknown = [t for t in targets if t not in shapes]
         if unknown:
             raise ValueError(f"LoRA target modules {unknown} are not linear layers of a Llama-style decoder "
@@ -123,12 +128,8 @@ def trainable_state_bytes(trainable: int, param_bytes: int) -> int:
 def lora_input_values(arch: Architecture, targets) -> int:
     """Per token and layer, the inputs LoRA keeps for its backward: each adapted linear layer's input again (its
     dropout makes a copy, even where several layers share an input)."""
-    if targets in (None, [], ()):
-        targets = PEFT_DEFAULT_TARGETS
-    elif targets == "all-linear" or list(targets) == ["all-linear"]:
-        targets = LINEAR_NAMES
     shapes = arch.linear_shapes()
-    return sum(shapes[t][0] for t in targets if t in shapes)
+    return sum(shapes[t][0] for t in arch.lora_targets(targets) if t in shapes)
 
 
 def activation_bytes(arch: Architecture, tokens: int, act_bytes: int, checkpointing: bool,

@@ -23,6 +23,7 @@ from ..recipe import Recipe, RecipeError
 logger = logging.getLogger(__name__)
 
 STAGE_PREFIX = "stage:"
+LOAD_DTYPES = ("auto", "float32", "bfloat16", "float16")  # what a stage's dtype option may name
 TESTBED_PREFIX = "testbed:"
 
 

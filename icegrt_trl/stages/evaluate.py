@@ -8,13 +8,12 @@ from typing import Any
 from trl import ModelConfig
 
 from ..recipe import RecipeError
-from .base import DataArguments, RunContext, Stage, documented
+from .base import LOAD_DTYPES, DataArguments, RunContext, Stage, documented
 from .judge import JudgeArguments, eval_prompts
 from ..policy_eval import response_lengths, sampled_kl
 from ..testbed import generate_completions, gold_reward, win_rate_of_completions
 from .loading import load_model, load_tokenizer, save_dir_exists
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 POLICY_STAGES = ("sft", "ppo", "rlp_uml/ppo", "rlp_spg/ppo")  # RLP's policies: <output_dir>/rlp_<method>/ppo
 
 
@@ -56,8 +55,8 @@ class EvalArguments:
     def __post_init__(self):
         if self.mode not in ("policy", "reward"):
             raise ValueError(f"EvalArguments.mode must be 'policy' or 'reward', got {self.mode!r}.")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"EvalArguments.dtype={self.dtype!r} must be one of {DTYPES}.")
+        if self.dtype not in LOAD_DTYPES:
+            raise ValueError(f"EvalArguments.dtype={self.dtype!r} must be one of {LOAD_DTYPES}.")
 
 
 SAMPLES_FILE = "samples.jsonl"
@@ -102,19 +101,18 @@ class EvalStage(Stage):
         tokenizer = load_tokenizer(ctx, args.reference_policy)
         reference = self._load(ctx, args, args.reference_policy, tokenizer)
         figures: dict[str, Any] = {"num_prompts": len(prompts), "reference_policy": args.reference_policy}
-        completions, samples = {}, []
-        for spec in specs:
+        completions, gold, samples = {}, {}, []
+        for spec in specs:  # the reference comes first: the others are compared with its completions and scores
             model = reference if spec == args.reference_policy else self._load(ctx, args, spec, tokenizer)
             completions[spec] = generate_completions(model, tokenizer, prompts, max_new_tokens=judge.judge_max_new_tokens)
-            figures.update(self._figures(spec, prompts, completions[spec], completions[args.reference_policy]
-                                         if args.reference_policy in completions else None, args, tokenizer))
+            gold[spec] = gold_reward(prompts, completions[spec])
+            figures.update(self._figures(spec, prompts, completions, gold, args, tokenizer))
             if spec != args.reference_policy and args.kl_num_prompts:
                 kl = sampled_kl(model, reference, tokenizer, prompts[: args.kl_num_prompts],
                                 max_new_tokens=judge.judge_max_new_tokens, seed=args.seed)
                 figures[f"{spec}/kl_vs_reference"] = round(kl["kl"], 4)
-            scores = gold_reward(prompts, completions[spec])
             samples += [{"policy": spec, "prompt": p, "completion": c, "gold": g}
-                        for p, c, g in zip(prompts, completions[spec], scores)]
+                        for p, c, g in zip(prompts, completions[spec], gold[spec])]
             del model
         write_samples(ctx.stage_dir(self.name), samples)
         return figures
@@ -125,26 +123,27 @@ class EvalStage(Stage):
                           seed=args.seed)
 
     @staticmethod
-    def _figures(spec, prompts, completions, reference, args: EvalArguments, tokenizer) -> dict[str, Any]:
+    def _figures(spec, prompts, completions: dict, gold: dict, args: EvalArguments, tokenizer) -> dict[str, Any]:
+        """Figures of policy `spec` from the completions and gold scores of every policy judged so far."""
         from ..reward.evaluation import bootstrap_ci
 
-        scores = gold_reward(prompts, completions)
+        scores, ref = gold[spec], args.reference_policy
         exact = [float(s == 1.0) for s in scores]
         out: dict[str, Any] = {}
         for name, values in (("gold_score", scores), ("exact_match", exact)):
             low, high = bootstrap_ci(values, n_resamples=args.bootstrap_samples, seed=args.seed)
             out[f"{spec}/{name}"] = round(sum(values) / len(values), 4)
             out[f"{spec}/{name}_ci95"] = f"[{low:.3f}, {high:.3f}]"
-        lengths = response_lengths(tokenizer, completions)
+        lengths = response_lengths(tokenizer, completions[spec])
         out[f"{spec}/response_tokens"] = round(sum(lengths) / len(lengths), 2)
-        if reference is not None and spec != args.reference_policy:
-            out[f"{spec}/win_rate_vs_{args.reference_policy}"] = round(
-                win_rate_of_completions(prompts, completions, reference), 4)
+        if spec != ref:
+            out[f"{spec}/win_rate_vs_{ref}"] = round(
+                win_rate_of_completions(prompts, completions[spec], completions[ref]), 4)
             # paired over prompts: the interval of the gain itself, narrower than comparing two intervals
-            diffs = [a - b for a, b in zip(scores, gold_reward(prompts, reference))]
+            diffs = [a - b for a, b in zip(scores, gold[ref])]
             low, high = bootstrap_ci(diffs, n_resamples=args.bootstrap_samples, seed=args.seed)
-            out[f"{spec}/gold_gain_vs_{args.reference_policy}"] = round(sum(diffs) / len(diffs), 4)
-            out[f"{spec}/gold_gain_vs_{args.reference_policy}_ci95"] = f"[{low:.3f}, {high:.3f}]"
+            out[f"{spec}/gold_gain_vs_{ref}"] = round(sum(diffs) / len(diffs), 4)
+            out[f"{spec}/gold_gain_vs_{ref}_ci95"] = f"[{low:.3f}, {high:.3f}]"
         return out
 
     def _reward_mode(self, ctx, args: EvalArguments, data: DataArguments) -> dict[str, Any]:

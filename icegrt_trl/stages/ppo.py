@@ -12,7 +12,7 @@ from ..ppo import PPOConfig, PPOTrainer
 from ..cards import stage_card_section
 from ..hub import defer_push, push_folder
 from ..report import write_log_history
-from .base import DataArguments, RunContext, Stage, documented
+from .base import LOAD_DTYPES, DataArguments, RunContext, Stage, documented
 from .judge import JudgeArguments, gold_judge_hook, judge_policy
 from .loading import load_model, load_tokenizer
 
@@ -67,7 +67,7 @@ class PPORewardArguments:
         if self.ptx_dataset_name and not self.ptx_split:
             raise ValueError("ptx_dataset_name is set but ptx_split is not: name the split of SFT data, e.g. "
                              "ptx_split: train.")
-        if self.reward_model_dtype not in ("auto", "float32", "bfloat16", "float16"):
+        if self.reward_model_dtype not in LOAD_DTYPES:
             raise ValueError(f"reward_model_dtype={self.reward_model_dtype!r} must be auto, float32, bfloat16 or "
                              "float16.")
 

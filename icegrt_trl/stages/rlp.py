@@ -22,7 +22,7 @@ from datasets import Dataset
 from trl import ModelConfig
 
 from ..recipe import RecipeError
-from .base import RunContext, Stage, documented
+from .base import LOAD_DTYPES, RunContext, Stage, documented
 from .loading import load_model, load_tokenizer
 
 METHODS = ("uml", "spg")
@@ -107,7 +107,7 @@ class RLPArguments:
             raise ValueError(f"judge={self.judge!r} must be 'exact', 'embedding' or 'nli'.")
         if self.uml_lam < 0:
             raise ValueError(f"uml_lam={self.uml_lam} must be >= 0.")
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+        if self.dtype not in LOAD_DTYPES:
             raise ValueError(f"dtype={self.dtype!r} must be auto, float32, bfloat16 or float16.")
 
 
