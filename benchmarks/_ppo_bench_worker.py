@@ -256,6 +256,41 @@ def build_models(size: str, mode: str, impl: str, tokenizer):
     return policy, None, reward, None
 
 
+def smollm2_setup(mode: str, base_dtype: str):
+    """SmolLM2-135M-Instruct as all four models (reward and value: the same body with a new one-output head, seeded),
+    and the chat testbed's prompts through its chat template, pre-tokenized for both trainers."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    from icegrt_trl.testbed import TestbedConfig
+    from icegrt_trl.testbed.smollm2 import smollm2_path
+
+    path = smollm2_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    data = make_datasets(TestbedConfig(suite="chat", seed=0, num_sft=0, num_unlabeled=256, num_eval=8))
+
+    def tok(b):
+        texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in b["prompt"]]
+        return {"input_ids": tokenizer(texts, add_special_tokens=False)["input_ids"]}
+
+    train = data["unlabeled"].map(tok, batched=True, remove_columns=["prompt"])
+    evals = data["eval"].map(tok, batched=True, remove_columns=["prompt"])
+    dtype = getattr(torch, base_dtype) if mode == "lora" else torch.float32
+    policy = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+
+    def classifier(seed):
+        torch.manual_seed(seed)
+        m = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
+        m.config.pad_token_id = tokenizer.pad_token_id
+        return m
+
+    reward = classifier(1)
+    reward.eval().requires_grad_(False)
+    if mode == "full":
+        return tokenizer, train, evals, (policy, AutoModelForCausalLM.from_pretrained(path, dtype=dtype), reward,
+                                         classifier(2))
+    return tokenizer, train, evals, (policy, None, reward, None)
+
+
 def lora_config():
     from peft import LoraConfig
 
@@ -263,19 +298,25 @@ def lora_config():
                       target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
 
 
-def make_trainer(impl: str, mode: str, size: str, updates: int, out_dir: str, timer: UpdateTimer):
-    tokenizer = build_tokenizer()
-    data = make_datasets(seed=0, num_unlabeled=512, num_eval=16)
-    tok = lambda b: {"input_ids": tokenizer(b["prompt"], add_special_tokens=False)["input_ids"]}  # noqa: E731
-    train = data["unlabeled"].map(tok, batched=True, remove_columns=["prompt"])
-    evals = data["eval"].map(tok, batched=True, remove_columns=["prompt"])
-    policy, ref, reward, value = build_models(size, mode, impl, tokenizer)
+def make_trainer(impl: str, mode: str, size: str, updates: int, out_dir: str, timer: UpdateTimer,
+                 overrides: dict | None = None, base_dtype: str = "float32"):
+    if size == "smollm2":
+        tokenizer, train, evals, (policy, ref, reward, value) = smollm2_setup(mode, base_dtype)
+    else:
+        tokenizer = build_tokenizer()
+        data = make_datasets(seed=0, num_unlabeled=512, num_eval=16)
+        tok = lambda b: {"input_ids": tokenizer(b["prompt"], add_special_tokens=False)["input_ids"]}  # noqa: E731
+        train = data["unlabeled"].map(tok, batched=True, remove_columns=["prompt"])
+        evals = data["eval"].map(tok, batched=True, remove_columns=["prompt"])
+        policy, ref, reward, value = build_models(size, mode, impl, tokenizer)
     models = [m for m in (policy, ref, reward, value) if m is not None]
     weights = {"n_models": len(models), "params": sum(count_parameters(m) for m in models),
                "param_bytes": sum(p.numel() * p.element_size() for m in models for p in m.parameters()),
-               "params_per_model": count_parameters(policy)}
-    settings = dict(PPO_SETTINGS, output_dir=out_dir,
-                    total_episodes=updates * PPO_SETTINGS["per_device_train_batch_size"])
+               "params_per_model": count_parameters(policy),
+               "model_config": policy.config.get_text_config().to_dict(),
+               "mean_prompt_tokens": statistics.mean(len(x) for x in train["input_ids"])}
+    settings = dict(PPO_SETTINGS, **(overrides or {}), output_dir=out_dir)
+    settings["total_episodes"] = updates * settings["per_device_train_batch_size"]
     peft_config = lora_config() if mode == "lora" else None
     if impl == "trl112":
         from trl.experimental.ppo import PPOConfig, PPOTrainer
@@ -301,7 +342,14 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--impl", choices=["trl112", "ours"], required=True)
     p.add_argument("--mode", choices=["full", "lora"], default="full")
-    p.add_argument("--size", choices=sorted(SIZES), default="tiny")
+    p.add_argument("--size", choices=sorted(SIZES) + ["smollm2"], default="tiny",
+                   help="testbed Llama sizes, or smollm2: SmolLM2-135M-Instruct (49k vocabulary) on chat prompts")
+    p.add_argument("--bf16", action="store_true", help="bf16=True on both sides (trl 1.12 ignores it)")
+    p.add_argument("--base-dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="LoRA mode with smollm2: dtype the frozen base is loaded in")
+    p.add_argument("--batch", type=int, help="per_device_train_batch_size (= rollout batch here)")
+    p.add_argument("--response-length", type=int)
+    p.add_argument("--ppo-epochs", type=int)
     p.add_argument("--updates", type=int, default=4, help="PPO updates, the first one is warm-up (not timed)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (same on both sides)")
     p.add_argument("--profile", help="write cProfile stats of train() to this path")
@@ -316,7 +364,17 @@ def main(argv=None) -> None:
     phases = PhaseTimer() if args.phases else None
     timer = UpdateTimer(1, phases)
     with tempfile.TemporaryDirectory() as out_dir:
-        trainer, weights, models = make_trainer(args.impl, args.mode, args.size, args.updates, out_dir, timer)
+        overrides = {}
+        if args.bf16:
+            overrides.update(bf16=True, use_cpu=not torch.cuda.is_available())
+        if args.batch:
+            overrides["per_device_train_batch_size"] = overrides["local_rollout_forward_batch_size"] = args.batch
+        if args.response_length:
+            overrides["response_length"] = args.response_length
+        if args.ppo_epochs:
+            overrides["num_ppo_epochs"] = args.ppo_epochs
+        trainer, weights, models = make_trainer(args.impl, args.mode, args.size, args.updates, out_dir, timer,
+                                                overrides, args.base_dtype)
         if phases:
             phases.install(trainer, models)
         gc.collect()
@@ -338,6 +396,9 @@ def main(argv=None) -> None:
     timed = durations[1:]
     result = {
         "impl": args.impl, "mode": args.mode, "size": args.size, "trl": trl.__version__,
+        "settings": {k: getattr(trainer.args, k) for k in ("per_device_train_batch_size", "response_length",
+                                                           "num_ppo_epochs", "num_mini_batches", "bf16")},
+        "base_dtype": args.base_dtype,
         "transformers": transformers.__version__, "torch": torch.__version__, "threads": args.threads,
         "updates": len(durations), "warmup_s": durations[0] if durations else None, "update_s": timed,
         "s_per_update": (statistics.median(timed) if timed else None), "train_s": total,

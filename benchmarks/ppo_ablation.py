@@ -22,6 +22,7 @@ ARMS = {
     "adaptive_kl": {"kl_controller": "adaptive", "kl_target": 0.5, "kl_horizon": 1000},
     "no_adv_norm": {"advantage_normalization": "none"},
     "value_warmup": {"value_warmup_steps": 50},  # Qwen: 50
+    "value_head_on_policy": {"value_head_on_policy": True},  # one trunk for policy and value (OpenAI, trlx)
 }
 
 

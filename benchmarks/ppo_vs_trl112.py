@@ -2,6 +2,7 @@
 
     python benchmarks/ppo_vs_trl112.py                       # speed (tiny, 4 full models) + memory (113M, LoRA)
     python benchmarks/ppo_vs_trl112.py --speed-sizes tiny 100m --json out.json   # + speed at 113M
+    python benchmarks/ppo_vs_trl112.py --model smollm2 --json out.json  # SmolLM2-135M-Instruct (issue 12), ~45 min
 
 Every measurement is one fresh subprocess (`benchmarks/_ppo_bench_worker.py`), and the two implementations
 alternate (ours, trl 1.12, ours, trl 1.12, ...) so that load from other processes on a shared machine hits both
@@ -40,6 +41,7 @@ def trl112_default() -> str:
 
 
 def run_worker(impl: str, mode: str, size: str, updates: int, threads: int, trl112: str, extra=()) -> dict:
+    """One measurement in a fresh process (`extra`: more worker flags)."""
     env = dict(os.environ)
     if impl == "trl112":
         env["PYTHONPATH"] = os.pathsep.join([trl112, str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH")
@@ -164,8 +166,149 @@ def phase_table(size: str, runs: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def smollm2_main(args, argv) -> None:
+    """Issue 12's comparison on SmolLM2-135M-Instruct: fp32 and bf16 with four full models, ours with LoRA on one
+    base, utilization of the measured matmul peak, phases, and a sweep over response length and rollout batch."""
+    import _smollm2_speed as sm
+
+    log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
+    peak = sm.matmul_peak(args.threads)
+    log(f"matmul peak, {args.threads} thread(s): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()))
+    rows = {  # name -> (impl, mode, worker settings)
+        "ours fp32": ("ours", "full", dict(sm.BASE)),
+        "trl112 fp32": ("trl112", "full", dict(sm.BASE)),
+        "ours bf16": ("ours", "full", dict(sm.BASE, bf16=True)),
+        "trl112 bf16": ("trl112", "full", dict(sm.BASE, bf16=True)),
+        "ours LoRA bf16": ("ours", "lora", dict(sm.BASE, bf16=True, base_dtype="bfloat16")),
+    }
+    raw: dict = {"peak_gflops": peak, "main": {k: [] for k in rows}, "sweep": {}}
+
+    def save():
+        if args.json:
+            Path(args.json).write_text(json.dumps(raw, indent=1))
+
+    def run(name, impl, mode, row):
+        res = run_worker(impl, mode, "smollm2", args.large_updates, args.threads, args.trl112_path,
+                         sm.worker_args(row))
+        log(f"  {name:16s} {row}: {res['s_per_update']:.2f} s/update (updates "
+            f"{', '.join(f'{x:.2f}' for x in res['update_s'])}), peak RSS {res['peak_rss_mib']:.0f} MiB")
+        return res
+
+    for r in range(args.large_alternations):
+        for name, (impl, mode, row) in rows.items():
+            raw["main"][name].append(run(name, impl, mode, row))
+            save()
+    if args.sweep:
+        points = [dict(sm.BASE, response_length=n) for n in (48, 96)] + [dict(sm.BASE, batch=b) for b in (4, 16)]
+        for row in points:
+            key = f"B{row['batch']}_R{row['response_length']}"
+            raw["sweep"][key] = {impl: run(f"{impl} {key}", impl, "full", row) for impl in ("ours", "trl112")}
+            save()
+    print(smollm2_report(raw, args, argv, sm))
+    save()
+
+
+def smollm2_report(raw: dict, args, argv, sm) -> str:
+    peak, main = raw["peak_gflops"], raw["main"]
+    med_s = {k: sm.median(r["s_per_update"] for r in v) for k, v in main.items() if v}
+    med_m = {k: sm.median(r["peak_rss_mib"] for r in v) for k, v in main.items() if v}
+    lines = [f"**PPO on SmolLM2-135M-Instruct** (batch {sm.BASE['batch']}, {sm.BASE['response_length']} new tokens, "
+             f"{sm.BASE['ppo_epochs']} PPO epochs, one mini-batch; {args.threads} torch threads; matmul peak here: "
+             + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()) + ")", "",
+             "| row | s/update per run | median | vs trl 1.12 same row | peak RSS MiB | model GFLOP/update | "
+             "achieved GFLOP/s | utilization of the dtype's peak |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    baseline = {"ours fp32": "trl112 fp32", "ours bf16": "trl112 bf16", "ours LoRA bf16": "trl112 fp32"}
+    for name, rs in main.items():
+        if not rs:
+            continue
+        f = sm.row_figures({**rs[0], "s_per_update": med_s[name]}, peak)
+        vs = f"{med_s[baseline[name]] / med_s[name]:.2f}×" if name in baseline and baseline[name] in med_s else "—"
+        lines.append(f"| {name} | {fmt_list((r['s_per_update'] for r in rs), '{:.2f}')} | {med_s[name]:.2f} | {vs} | "
+                     f"{med_m[name]:.0f} | {f['gflop']:.0f} | {f['gflops']:.0f} ({f['dtype']}) | {f['util']:.1%} |")
+    if "ours LoRA bf16" in med_m and "trl112 fp32" in med_m:
+        lines += ["", f"LoRA on one base ÷ trl 1.12 four full fp32 models: peak memory "
+                      f"**{med_m['ours LoRA bf16'] / med_m['trl112 fp32']:.2f}×** (target ≤ 0.35×), speed "
+                      f"**{med_s['trl112 fp32'] / med_s['ours LoRA bf16']:.2f}×** (target ≥ 1.5×)."]
+    groups = {k: sm.phase_groups(median_phases(v)) for k, v in main.items() if v and v[0].get("phases")}
+    if groups:
+        names = list(next(iter(groups.values())))
+        lines += ["", "**Where the time goes** (s per update, median phases; PhaseTimer of the worker)", "",
+                  "| phase | " + " | ".join(groups) + " |", "|" + " --- |" * (len(groups) + 1)]
+        for n in names:
+            lines.append(f"| {n} | " + " | ".join(f"{g[n]:.2f} ({g[n] / sum(g.values()):.0%})"
+                                                 for g in groups.values()) + " |")
+        lines += ["", "Model GFLOP per update by phase (same for both trainers): " + ", ".join(
+            f"{k} {v / 1e9:.0f}" for k, v in sm.update_flops(
+                main["ours fp32"][0]["model_config"], sm.BASE["batch"], main["ours fp32"][0]["mean_prompt_tokens"],
+                sm.BASE["response_length"], sm.BASE["ppo_epochs"], False).items())]
+    if raw.get("sweep"):
+        lines += ["", sweep_section(raw, sm)]
+    lines += ["", f"Command: `python benchmarks/ppo_vs_trl112.py {' '.join(argv if argv is not None else sys.argv[1:])}`"]
+    return "\n".join(lines)
+
+
+def sweep_section(raw: dict, sm) -> str:
+    """Seconds, peak memory and phases per update against response length and batch (fp32, four full models), plus a
+    PNG plot next to docs/benchmarks.md."""
+    pts = {"B8_R24": {"ours": raw["main"]["ours fp32"][0], "trl112": raw["main"]["trl112 fp32"][0]}}
+    pts.update(raw["sweep"])
+    lines = ["**Cost against response length and rollout batch** (fp32, four full models, one run per point)", "",
+             "| batch | new tokens | ours s/update | trl 1.12 s/update | ours peak MiB | trl 1.12 peak MiB | ours: "
+             "generation / rollout fwd / training s |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for key in sorted(pts, key=lambda k: (int(k.split("_")[0][1:]), int(k.split("_R")[1]))):
+        o, t = pts[key]["ours"], pts[key]["trl112"]
+        g = sm.phase_groups(o.get("phases", {}))
+        lines.append(f"| {o['settings']['per_device_train_batch_size']} | {o['settings']['response_length']} | "
+                     f"{o['s_per_update']:.2f} | {t['s_per_update']:.2f} | {o['peak_rss_mib']:.0f} | "
+                     f"{t['peak_rss_mib']:.0f} | {g['generation']:.2f} / {g['rollout forwards']:.2f} / "
+                     f"{g['training (fwd+bwd+step)']:.2f} |")
+    try:
+        plot_sweep(pts, sm)
+        lines += ["", "![PPO cost against response length and batch](ppo_scaling_smollm2.png)"]
+    except ImportError:
+        pass
+    return "\n".join(lines)
+
+
+def plot_sweep(pts: dict, sm) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, fixed, var, label in ((axes[0], "B8", "R", "new tokens (batch 8)"),
+                                  (axes[1], "R24", "B", "rollout batch (24 new tokens)")):
+        keys = sorted((k for k in pts if fixed in k.split("_")),
+                      key=lambda k: int(k.split("_")[0 if var == "B" else 1][1:]))
+        xs = [int(k.split("_")[0 if var == "B" else 1][1:]) for k in keys]
+        for impl, style in (("ours", "o-"), ("trl112", "s--")):
+            ax.plot(xs, [pts[k][impl]["s_per_update"] for k in keys], style,
+                    label="icegrt-trl" if impl == "ours" else "trl 1.12")
+        for phase, style in (("generation", ":"), ("rollout forwards", "-."), ("training (fwd+bwd+step)", ":")):
+            ax.plot(xs, [sm.phase_groups(pts[k]["ours"].get("phases", {}))[phase] for k in keys], style,
+                    alpha=0.6, label=f"ours: {phase}")
+        ax.set_xlabel(label)
+        ax.set_ylabel("s per update")
+        ax.set_xticks(xs)
+        ax.legend(fontsize=7)
+    keys = sorted(pts, key=lambda k: (int(k.split("_")[0][1:]), int(k.split("_R")[1])))
+    for impl, style in (("ours", "o"), ("trl112", "s")):
+        axes[2].plot([f"{k}" for k in keys], [pts[k][impl]["peak_rss_mib"] / 1024 for k in keys], style,
+                     label="icegrt-trl" if impl == "ours" else "trl 1.12")
+    axes[2].set_ylabel("peak RSS GiB")
+    axes[2].tick_params(axis="x", rotation=30)
+    axes[2].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(ROOT / "docs" / "ppo_scaling_smollm2.png", dpi=110)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=["testbed", "smollm2"], default="testbed",
+                   help="smollm2: issue 12's comparison on SmolLM2-135M-Instruct (uses --large-updates, "
+                        "--large-alternations, --threads)")
+    p.add_argument("--sweep", action="store_true", help="smollm2: also sweep response length and batch")
     p.add_argument("--alternations", type=int, default=3)
     p.add_argument("--speed-sizes", nargs="*", default=["tiny"], help="sizes for the speed comparison")
     p.add_argument("--speed-updates", type=int, default=5, help="updates per tiny/small run (first = warm-up)")
@@ -178,6 +321,9 @@ def main(argv=None) -> None:
     p.add_argument("--trl112-path", default=trl112_default())
     p.add_argument("--json", help="write every raw result here")
     args = p.parse_args(argv)
+    if args.model == "smollm2":
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        return smollm2_main(args, argv)
     log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
 
     raw, sections = {}, []

@@ -109,13 +109,15 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     p.add_argument("--root", default=str(ROOT / "benchmarks" / "_work" / "smollm2_seeds"))
     p.add_argument("--summarize", action="store_true")
+    p.add_argument("--results", default=str(RESULTS), help="the JSON file the rows are kept in")
     args = p.parse_args()
-    rows = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
+    results = Path(args.results)
+    rows = json.loads(results.read_text()) if results.is_file() else []
     if not args.summarize:
         for seed in args.seeds:
             rows = [r for r in rows if r["seed"] != seed] + [run_seed(seed, Path(args.root))]
-            RESULTS.parent.mkdir(parents=True, exist_ok=True)
-            RESULTS.write_text(json.dumps(sorted(rows, key=lambda r: r["seed"]), indent=1))
+            results.parent.mkdir(parents=True, exist_ok=True)
+            results.write_text(json.dumps(sorted(rows, key=lambda r: r["seed"]), indent=1))
     print(summarize(sorted(rows, key=lambda r: r["seed"])))
 
 

@@ -80,7 +80,8 @@ def write_ppo_model_card(trainer, output_dir: str | Path) -> Path:
         f"- Recipe: `{args.recipe or 'none (Python API)'}`",
         f"- Data: `{trainer.dataset_name or 'a prompt dataset'}` ({len(trainer.train_dataset)} prompts)",
         f"- PEFT: `{trainer.is_peft}` (policy adapter `{trainer.policy_adapter}`, value adapter `{value_adapter}`)",
-        "- Value head: `value_head.safetensors`" + (", value backbone: `value_model/`" if value_adapter is None else ""),
+        "- Value head: `value_head.safetensors`" + (", value backbone: `value_model/`" if value_adapter is None
+                                                  and not wrapper.value_model.shared else ""),
         "", "## Plugins", "",
     ]
     lines += [f"- {name}: `{type(p).__name__}` {json.dumps(p.state_dict())}" for name, p in trainer.plugins.items()]

@@ -86,7 +86,9 @@ def test_lora_checkpointing_bf16_ppo_on_smollm2(tmp_path, smollm2_dir, smol_tok,
     assert any(".default." in n for n in moved) and any(".value." in n for n in moved)
     assert "value_model.head.weight" in moved
     # the reference (adapters off) is still the original model
-    original = AutoModelForCausalLM.from_pretrained(smollm2_dir).eval()
+    # (same attention kernel: on a CPU under bf16 the trainer switched every model to eager attention)
+    assert w.policy.get_base_model().config._attn_implementation == "eager"
+    original = AutoModelForCausalLM.from_pretrained(smollm2_dir, attn_implementation="eager").eval()
     ids = smol_tok.apply_chat_template(prompts[0]["prompt"], add_generation_prompt=True, return_tensors="pt",
                                        return_dict=True)["input_ids"]
     policy = w.policy.eval()

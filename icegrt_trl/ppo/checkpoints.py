@@ -3,7 +3,8 @@
 Layout of a saved folder (``save_model`` and every ``checkpoint-N``):
 
 * the policy: ``save_pretrained`` of the (PEFT) model — under PEFT every adapter, the value adapter in ``value/``;
-* ``value_head.safetensors``, and ``value_model/`` (the value backbone) when it is not a PEFT adapter;
+* ``value_head.safetensors``, and ``value_model/`` (the value backbone) when it is neither a PEFT adapter nor the
+  policy's own trunk (``value_head_on_policy``);
 * ``icegrt_ppo_state.json``: plugin state (KL coefficient, reward moments, warm-up progress, ptx position, hooks),
   ``global_step``, rollouts done, the metrics of the rollout in use;
 * ``icegrt_ppo_rollout_rank<r>.pt`` (checkpoints only, one per process): the half-used rollout, when the checkpoint
@@ -46,7 +47,7 @@ def save_policy_and_value(wrapper, output_dir: str, state_dict: dict | None = No
     wrapper.policy.save_pretrained(output_dir, safe_serialization=True, state_dict=parts.get("policy"))
     head = parts.get("head") or wrapper.value_model.head.state_dict()
     save_file({k: v.detach().contiguous().cpu() for k, v in head.items()}, os.path.join(output_dir, VALUE_HEAD_FILE))
-    if wrapper.value_model.adapter is None:
+    if wrapper.value_model.adapter is None and not wrapper.value_model.shared:
         wrapper.value_model.backbone.save_pretrained(os.path.join(output_dir, VALUE_MODEL_DIR),
                                                      safe_serialization=True, state_dict=parts.get("backbone"))
 
@@ -85,7 +86,7 @@ def load_policy_and_value(wrapper, folder: str, is_peft: bool) -> None:
     else:
         _load_weights(wrapper.policy, folder)
     wrapper.value_model.head.load_state_dict(load_file(os.path.join(folder, VALUE_HEAD_FILE)))
-    if wrapper.value_model.adapter is None:
+    if wrapper.value_model.adapter is None and not wrapper.value_model.shared:
         _load_weights(wrapper.value_model.backbone, os.path.join(folder, VALUE_MODEL_DIR))
 
 
@@ -135,7 +136,7 @@ def load_trained(folder, base_model: str | None = None, dtype=None):
     from transformers import AutoModel, AutoModelForCausalLM
 
     from ..stages.loading import load_saved_tokenizer
-    from .modeling import VALUE_ADAPTER, ValueModel, backbone_of, new_value_head
+    from .modeling import VALUE_ADAPTER, SharedValueHead, ValueModel, backbone_of, is_peft_model, new_value_head
 
     folder = Path(folder)
     head_file = folder / VALUE_HEAD_FILE
@@ -150,16 +151,23 @@ def load_trained(folder, base_model: str | None = None, dtype=None):
         base_path = base_model or PeftConfig.from_pretrained(str(folder)).base_model_name_or_path
         base = AutoModelForCausalLM.from_pretrained(base_path, **kwargs)
         policy = PeftModel.from_pretrained(base, str(folder), adapter_name="default")
-        policy.load_adapter(str(folder / VALUE_ADAPTER), adapter_name=VALUE_ADAPTER)
+        shared = not (folder / VALUE_ADAPTER).is_dir()  # value_head_on_policy: no value adapter was saved
+        if not shared:
+            policy.load_adapter(str(folder / VALUE_ADAPTER), adapter_name=VALUE_ADAPTER)
         policy.set_adapter("default")
-        backbone, adapter = backbone_of(policy), VALUE_ADAPTER
+        backbone, adapter = backbone_of(policy), (None if shared else VALUE_ADAPTER)
     else:
         policy = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
-        backbone, adapter = AutoModel.from_pretrained(str(folder / VALUE_MODEL_DIR), **kwargs), None
+        shared = not (folder / VALUE_MODEL_DIR).is_dir()
+        backbone = None if shared else AutoModel.from_pretrained(str(folder / VALUE_MODEL_DIR), **kwargs)
+        adapter = None
     head_state = load_file(str(head_file))
     head = new_value_head(head_state["weight"].shape[1]).to(head_state["weight"].dtype)
     head.load_state_dict(head_state)
-    value = ValueModel(backbone, head, adapter=adapter, peft_model=policy if adapter else None)
+    if shared:  # the head reads the policy's own last hidden state (under PEFT: with the policy adapter active)
+        value = SharedValueHead(policy, head, "default" if is_peft_model(policy) else None)
+    else:
+        value = ValueModel(backbone, head, adapter=adapter, peft_model=policy if adapter else None)
     policy.eval()
     value.eval()
     return policy, value, tokenizer

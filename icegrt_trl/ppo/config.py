@@ -100,6 +100,11 @@ class PPOConfig(_BaseConfig):
                 "num_mini_batches per rollout)."})
     vf_coef: float = field(default=0.1, metadata={
         "help": "Weight of the value loss in the total loss (trl 1.12's default)."})
+    value_head_on_policy: bool = field(default=False, metadata={
+        "help": "Put the value head on the policy's own last hidden state (one forward for logits and values, as in "
+                "OpenAI's lm-human-preferences and trlx) instead of a separate value model. Saves the value model's "
+                "forwards and, without PEFT, its weights and optimizer state; the value loss (times vf_coef) then "
+                "also trains the policy's body. See docs/benchmarks.md for what it cost in learning."})
     value_head_init_std: float = field(default=0.0, metadata={
         "help": "Std of the new value head's weights; 0 (default) starts every value at 0, so the first value step "
                 "moves only the head. Ignored when value_model= has a one-output `score` head."})
@@ -215,6 +220,15 @@ class PPOConfig(_BaseConfig):
     save_merged_model: bool = field(default=False, metadata={
         "help": "PEFT: save_model also writes the policy merged into its base to <output_dir>/merged (not possible "
                 "on a 4-bit base: then only the adapters are saved, with a warning)."})
+    frozen_models_in_compute_dtype: bool = field(default=True, metadata={
+        "help": "Under bf16/fp16: store the frozen reward and reference models' fp32 Linear weights in that dtype once "
+                "(the same bits autocast computes with), instead of casting them on every forward; embeddings and "
+                "norms stay fp32. Such a model must then be called under autocast (or .float() it). Under PEFT the "
+                "reference is the shared base: load it with dtype bfloat16 for the same saving. False: as given."})
+    cpu_bf16_eager_attention: bool = field(default=True, metadata={
+        "help": "On a CPU with bf16: switch the models from SDPA to eager attention. PyTorch's CPU SDPA backward in "
+                "bf16 is about 6x slower than eager attention's at chat lengths (docs/benchmarks.md). No effect on "
+                "GPUs or in fp32."})
     ds3_gather_for_generation: bool = field(default=True, metadata={
         "help": "DeepSpeed ZeRO-3 only: gather the sharded policy once for the whole generation (fast, needs the "
                 "full model in memory on each GPU); False generates layer by layer (slow, fits larger models). "

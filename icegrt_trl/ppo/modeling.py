@@ -110,6 +110,81 @@ def backbone_of(model: nn.Module) -> nn.Module:
     return body
 
 
+def accepts_logits_to_keep(model) -> bool:
+    """Whether the causal LM's ``forward`` takes ``logits_to_keep`` (every transformers 5 decoder does; a custom
+    model may not, and then gets full logits)."""
+    import inspect
+
+    from .generation import innermost_generator
+
+    while isinstance(getattr(model, "module", None), nn.Module):  # DeepSpeed engine, DDP, FSDP1 wrappers
+        model = model.module
+    target = innermost_generator(model)
+    try:
+        return "logits_to_keep" in inspect.signature(target.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def logits_kwargs(model, logits_to_keep: int) -> dict:
+    """``{"logits_to_keep": n}`` when ``n > 0`` and the model takes it, else ``{}``."""
+    if logits_to_keep <= 0:
+        return {}
+    cached = getattr(model, "_icegrt_takes_logits_to_keep", None)
+    if cached is None:
+        cached = accepts_logits_to_keep(model)
+        try:
+            object.__setattr__(model, "_icegrt_takes_logits_to_keep", cached)
+        except AttributeError:
+            pass
+    return {"logits_to_keep": logits_to_keep} if cached else {}
+
+
+def hold_matmul_weights_in(model: nn.Module, dtype: torch.dtype) -> int:
+    """Store the frozen fp32 weights and biases of ``model``'s ``nn.Linear`` layers in ``dtype``; embeddings, norms and
+    a Linear tied to an embedding keep theirs.
+
+    Under autocast to ``dtype`` a Linear rounds its fp32 weight to ``dtype`` on every call (autocast caches the cast
+    only for weights that require grad); a weight stored already rounded gives the same bits without the cast, and
+    embeddings, norms and the residual stream stay fp32 as before. The model must then run under that autocast.
+    Returns how many layers were cast."""
+    not_linear = {id(p) for m in model.modules() if not isinstance(m, nn.Linear) for p in m.parameters(recurse=False)}
+    cast = 0
+    for m in model.modules():
+        w = getattr(m, "weight", None)
+        if (not isinstance(m, nn.Linear) or not isinstance(w, torch.Tensor) or w.dtype != torch.float32
+                or w.requires_grad or id(w) in not_linear):
+            continue
+        m.to(dtype)
+        cast += 1
+    return cast
+
+
+def use_eager_attention(model: nn.Module) -> bool:
+    """Switch a transformers model from SDPA to eager attention (see PPOConfig.cpu_bf16_eager_attention)."""
+    target = model.get_base_model() if is_peft_model(model) else model
+    config = getattr(target, "config", None)
+    if getattr(config, "_attn_implementation", None) != "sdpa" or not hasattr(target, "set_attn_implementation"):
+        return False
+    target.set_attn_implementation("eager")
+    return True
+
+
+@contextlib.contextmanager
+def attention_implementation(model: nn.Module, implementation: str | None):
+    """Run with ``implementation`` as the model's attention (``None``: unchanged), then switch back."""
+    target = model.get_base_model() if is_peft_model(model) else model
+    previous = getattr(getattr(target, "config", None), "_attn_implementation", None)
+    if implementation is None or previous in (None, implementation):
+        yield
+        return
+    target.set_attn_implementation(implementation)
+    try:
+        yield
+    finally:
+        target.set_attn_implementation(previous)
+
+
 def position_ids_from(mask: torch.Tensor) -> torch.Tensor:
     """Positions that skip left padding, as generation uses them."""
     return (mask.cumsum(1) - 1).clamp(min=0)
@@ -121,6 +196,8 @@ class ValueModel(nn.Module):
     ``adapter`` set: the backbone is shared with a PEFT policy and runs with that adapter active; the backbone is then
     kept out of this module's parameters (they belong to the policy) — only the head is registered.
     """
+
+    shared = False  # True on SharedValueHead: the values come from the policy's own forward
 
     def __init__(self, backbone: nn.Module, head: nn.Module, adapter: str | None = None, peft_model=None):
         super().__init__()
@@ -153,6 +230,33 @@ class ValueModel(nn.Module):
         return self.head(h.to(self.head.weight.dtype)).squeeze(-1)
 
 
+class SharedValueHead(ValueModel):
+    """Values from the policy's own trunk: a scalar head on the policy's last hidden state (the setup of OpenAI's
+    lm-human-preferences and trlx). One forward gives logits and values; the value loss also trains the policy's body
+    (or its adapter). Called alone (``value(input_ids, attention_mask)``) it runs the policy's body itself."""
+
+    shared = True
+
+    def __init__(self, policy: nn.Module, head: nn.Module, policy_adapter: str | None = None):
+        nn.Module.__init__(self)
+        self.head, self.adapter = head, None
+        object.__setattr__(self, "_policy", policy)  # not a submodule: the policy's weights belong to the policy
+        object.__setattr__(self, "_policy_adapter", policy_adapter)
+
+    def body(self) -> None:
+        return None
+
+    def values_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)
+
+    def forward(self, input_ids, attention_mask, position_ids=None):
+        ctx = adapter_scope(self._policy, self._policy_adapter) if self._policy_adapter else contextlib.nullcontext()
+        with ctx:
+            h = backbone_of(self._policy)(input_ids=input_ids, attention_mask=attention_mask,
+                                          position_ids=position_ids, use_cache=False).last_hidden_state
+        return self.values_from_hidden(h)
+
+
 def new_value_head(hidden_size: int, init_std: float = 0.0) -> nn.Linear:
     head = nn.Linear(hidden_size, 1, bias=True)
     nn.init.normal_(head.weight, std=init_std) if init_std > 0 else nn.init.zeros_(head.weight)
@@ -180,19 +284,38 @@ class PolicyAndValue(nn.Module):
         return adapter_scope(self.policy, self.policy_adapter, self._layers) if self.policy_adapter \
             else contextlib.nullcontext()
 
-    def forward(self, input_ids, attention_mask, position_ids=None, policy: bool = True):
+    def forward(self, input_ids, attention_mask, position_ids=None, policy: bool = True, logits_to_keep: int = 0):
+        """``logits_to_keep > 0``: the policy's LM head runs on the last that many positions only (the responses,
+        right-aligned), not on every prompt position — with a 49k vocabulary the head and the log-softmax over its
+        output are a large share of a forward."""
         position_ids = position_ids if position_ids is not None else position_ids_from(attention_mask)
+        if self.value_model.shared:
+            return self._shared_forward(input_ids, attention_mask, position_ids, policy, logits_to_keep)
         values = self.value_model(input_ids, attention_mask, position_ids)
         logits = None
         if policy:
             with self.policy_scope():
                 logits = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                     use_cache=False).logits
+                                     use_cache=False, **logits_kwargs(self.policy, logits_to_keep)).logits
         return logits, values
+
+    def _shared_forward(self, input_ids, attention_mask, position_ids, policy: bool, logits_to_keep: int):
+        """One policy forward for logits and values (``SharedValueHead``). The values read the last hidden state
+        (post-norm in transformers' decoders); in value warm-up (``policy=False``) it is detached, so that only the
+        head learns and the policy stays as it is."""
+        with self.policy_scope():
+            out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                              use_cache=False, output_hidden_states=True,
+                              **logits_kwargs(self.policy, logits_to_keep if policy else 1))
+        hidden = out.hidden_states[-1]
+        values = self.value_model.values_from_hidden(hidden if policy else hidden.detach())
+        return (out.logits if policy else None), values
 
     def _checkpointing(self, enable: bool, **kwargs):
         done: list[nn.Module] = []
         for m in (self.policy, self.value_model.body()):
+            if m is None:  # a value head on the policy's trunk has no body of its own
+                continue
             base = m.get_base_model() if is_peft_model(m) else m
             if any(base is d or any(base is sub for sub in d.modules()) for d in done):
                 continue  # the shared backbone of a PEFT value adapter is part of the policy: enabled once
@@ -280,7 +403,12 @@ def assemble_models(model: nn.Module, args, peft_config=None, value_model: nn.Mo
                          f"({list(model.peft_config)}).")
     device = next(model.parameters()).device
     hidden = model.config.get_text_config().hidden_size
-    if value_model is not None:
+    if getattr(args, "value_head_on_policy", False):
+        if value_model is not None:
+            raise ValueError("value_head_on_policy=True puts the value head on the policy's own trunk; do not pass a "
+                             "`value_model` as well (or set value_head_on_policy=False to use it).")
+        value = SharedValueHead(model, new_value_head(hidden, args.value_head_init_std).to(device), policy_adapter)
+    elif value_model is not None:
         value = ValueModel.from_model(value_model, args.value_head_init_std)
     elif is_peft:
         model.add_adapter(VALUE_ADAPTER, value_adapter_config(model.peft_config[policy_adapter], model))
@@ -290,7 +418,7 @@ def assemble_models(model: nn.Module, args, peft_config=None, value_model: nn.Mo
         head = new_value_head(hidden, args.value_head_init_std).to(device)
         value = ValueModel(copy.deepcopy(backbone_of(model)), head)
     if is_peft:  # both adapters trainable (add_adapter/set_adapter toggled requires_grad)
-        names = {policy_adapter} | ({VALUE_ADAPTER} if value_model is None else set())
+        names = {policy_adapter} | ({VALUE_ADAPTER} if value.adapter == VALUE_ADAPTER else set())
         for n, p in model.named_parameters():
             if any(f".{a}." in n for a in names) and ("lora_" in n or "modules_to_save" in n):
                 p.requires_grad_(True)

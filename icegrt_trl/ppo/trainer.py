@@ -34,9 +34,22 @@ from .data import decode_completions, is_conversational_prompt, left_pad, prepar
 from .generation import isolated_generation, log_ignored_generation_settings, rollout_generation_config
 from .checkpoints import (load_policy_and_value, load_rollout, read_ppo_state, save_policy_and_value, save_rollout,
                           write_ppo_state)
-from .modeling import PolicyAndValue, adapter_scope, assemble_models, position_ids_from
+from .modeling import (PolicyAndValue, adapter_scope, assemble_models, attention_implementation,
+                       hold_matmul_weights_in, logits_kwargs, position_ids_from, use_eager_attention)
 from .plugins import HOOK_NAMES, run_hooks
 from .rewards import build_reward_sources
+
+
+def chunked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Mean token cross-entropy (labels ``-100`` ignored) in fp32, ``chunk`` positions at a time."""
+    total = logits.new_zeros((), dtype=torch.float32)
+    for s in range(0, logits.shape[1], chunk):
+        part = logits[:, s:s + chunk].float()
+        total = total + nn.functional.cross_entropy(part.reshape(-1, part.shape[-1]),
+                                                    labels[:, s:s + chunk].reshape(-1), ignore_index=-100,
+                                                    reduction="sum")
+    return total / (labels != -100).sum().clamp(min=1)
+
 
 def response_logprobs(logits: torch.Tensor, responses: torch.Tensor, temperature: float) -> torch.Tensor:
     """log π(token) under ``logits / temperature``, in fp32 whatever the logits' dtype (one recipe for the rollout,
@@ -166,6 +179,7 @@ class PPOTrainer(_BaseTrainer):
         self.greedy_generation_config = rollout_generation_config(do_sample=False, **gen)
         self.ignored_generation_settings = log_ignored_generation_settings(model, self.generation_config)
 
+        self._generation_attention: str | None = None  # attention used only while generating (see below)
         self._buffer: dict | None = None
         self._step: int | None = None
         self._rollouts_done = 0
@@ -176,12 +190,17 @@ class PPOTrainer(_BaseTrainer):
         super().__init__(model=wrapper, args=args, data_collator=identity, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=tok, callbacks=callbacks, optimizers=optimizers)
         if self.ref_model is not None:
-            self.ref_model = self._prepare_frozen(self.ref_model)
+            self.ref_model = self._prepare_frozen(self.ref_model, self._frozen_dtype())
         for s in self.reward_sources:
             if hasattr(s, "model"):
-                s.model = self._prepare_frozen(s.model)
+                s.model = self._prepare_frozen(s.model, self._frozen_dtype())
+        if args.bf16 and args.cpu_bf16_eager_attention and self.accelerator.device.type == "cpu":
+            # every model alike, so that policy and reference (and rollout and training) compute the same way
+            self.eager_attention_models = sum(use_eager_attention(m) for m in self._all_models())
+            # sampling is not matched bit for bit against anything, and SDPA decodes faster: generate with it
+            self._generation_attention = "sdpa" if self.eager_attention_models else None
 
-    def _prepare_frozen(self, model: nn.Module) -> nn.Module:
+    def _prepare_frozen(self, model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
         """Reference and reward models: sharded/offloaded like the policy under DeepSpeed and FSDP (not a full
         copy per GPU), moved to the device otherwise (a 4-bit model is already placed)."""
         if self.is_deepspeed_enabled:
@@ -194,7 +213,20 @@ class PPOTrainer(_BaseTrainer):
             return prepare_fsdp(model, self.accelerator)
         if not getattr(model, "is_loaded_in_4bit", False) and not getattr(model, "is_loaded_in_8bit", False):
             model.to(self.accelerator.device)
+        if dtype is not None:
+            hold_matmul_weights_in(model, dtype)
         return model
+
+    def _frozen_dtype(self) -> torch.dtype | None:
+        """The dtype frozen models hold their Linear weights in (``frozen_models_in_compute_dtype``), or ``None``."""
+        args = self.args
+        compute = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
+        return compute if args.frozen_models_in_compute_dtype else None
+
+    def _all_models(self) -> list[nn.Module]:
+        w = self._unwrapped()
+        out = [w.policy, w.value_model.body(), self.ref_model]
+        return [m for m in out + [s.model for s in self.reward_sources if hasattr(s, "model")] if m is not None]
 
     # ------------------------------------------------------------------ set-up helpers
     @staticmethod
@@ -357,43 +389,59 @@ class PPOTrainer(_BaseTrainer):
     def _generate(self, wrapper: PolicyAndValue, queries: torch.Tensor, query_mask: torch.Tensor,
                   greedy: bool = False) -> torch.Tensor:
         """Responses ``[B, response_length]`` (right-padded) from the policy, with PPOConfig's sampling settings only
-        (the model's own generation_config is set aside, see :mod:`icegrt_trl.ppo.generation`)."""
+        (the model's own generation_config is set aside, see :mod:`icegrt_trl.ppo.generation`).
+
+        With more rows than ``local_rollout_forward_batch_size`` the rows are generated in chunks of similar prompt
+        length, each without the left padding all its rows share (less padding to attend over and to decode past)."""
         args, tok = self.args, self.processing_class
         gen = self.greedy_generation_config if greedy else self.generation_config
-        out = []
         bs = args.local_rollout_forward_batch_size
-        with wrapper.policy_scope(), isolated_generation(wrapper.policy), self._gathered_for_generation():
-            for i in range(0, queries.shape[0], bs):
-                seq = wrapper.policy.generate(input_ids=queries[i:i + bs], attention_mask=query_mask[i:i + bs],
-                                              generation_config=gen)
-                resp = seq[:, queries.shape[1]:]
-                pad = args.response_length - resp.shape[1]
-                out.append(nn.functional.pad(resp, (0, pad), value=tok.pad_token_id) if pad > 0 else resp)
-        return torch.cat(out)
+        n = queries.shape[0]
+        out = torch.full((n, args.response_length), tok.pad_token_id, dtype=queries.dtype, device=queries.device)
+        order = torch.argsort(query_mask.sum(1), descending=True, stable=True) if n > bs else \
+            torch.arange(n, device=queries.device)
+        with wrapper.policy_scope(), isolated_generation(wrapper.policy), self._gathered_for_generation(), \
+                attention_implementation(wrapper.policy, self._generation_attention):
+            for i in range(0, n, bs):
+                idx = order[i:i + bs]
+                width = int(query_mask[idx].sum(1).max())  # left padding: the last `width` columns hold every prompt
+                q, m = queries[idx, -width:], query_mask[idx, -width:]
+                resp = wrapper.policy.generate(input_ids=q, attention_mask=m, generation_config=gen)[:, width:]
+                out[idx, :resp.shape[1]] = resp
+        return out
 
     @torch.no_grad()
-    def _forward_logprobs_values(self, wrapper, qr, mask, context_length, responses):
-        """Old log-probs, reference log-probs, values and token entropies of a rollout, in chunks."""
+    def _forward_logprobs_values(self, wrapper, qr, mask, context_length, responses, with_entropy: bool = True):
+        """Old log-probs, reference log-probs, values and (``with_entropy``) token entropies of a rollout, in chunks.
+
+        The old log-probs take their own forward rather than the scores ``generate`` returns: the KV-cached decode
+        computes them with other kernels and shapes, so they are not bit-equal to the training forward's and the
+        first PPO ratio would not be exactly 1 (docs/benchmarks.md measures the difference)."""
         args = self.args
         lps, refs, vals, ents = [], [], [], []
         bs = args.local_rollout_forward_batch_size
+        keep = responses.shape[1] + 1  # logits at positions context_length-1 … end-1 (responses are right-aligned)
         for i in range(0, qr.shape[0], bs):
             ids, m = qr[i:i + bs], mask[i:i + bs]
             pos = position_ids_from(m)
-            logits, values = wrapper(ids, m, pos)
-            logits = logits[:, context_length - 1:-1]
+            logits, values = wrapper(ids, m, pos, logits_to_keep=keep)
+            logits = logits[:, -keep:-1]
             lps.append(response_logprobs(logits, responses[i:i + bs], args.temperature))
-            ents.append(entropy_from_logits(logits.float() / (args.temperature + 1e-7)))
+            if with_entropy:
+                ents.append(entropy_from_logits(logits.float() / (args.temperature + 1e-7)))
+            del logits
             vals.append(values[:, context_length - 1:-1].float())
             if self.ref_model is not None:
-                ref_logits = self.ref_model(input_ids=ids, attention_mask=m, position_ids=pos, use_cache=False).logits
+                ref_logits = self.ref_model(input_ids=ids, attention_mask=m, position_ids=pos, use_cache=False,
+                                            **logits_kwargs(self.ref_model, keep)).logits
             else:
                 with self._ref_scope():
-                    ref_logits = wrapper.policy(input_ids=ids, attention_mask=m, position_ids=pos,
-                                                use_cache=False).logits
-            refs.append(response_logprobs(ref_logits[:, context_length - 1:-1], responses[i:i + bs],
-                                          args.temperature))
-        return torch.cat(lps).float(), torch.cat(refs).float(), torch.cat(vals), torch.cat(ents).float()
+                    ref_logits = wrapper.policy(input_ids=ids, attention_mask=m, position_ids=pos, use_cache=False,
+                                                **logits_kwargs(wrapper.policy, keep)).logits
+            refs.append(response_logprobs(ref_logits[:, -keep:-1], responses[i:i + bs], args.temperature))
+            del ref_logits
+        entropies = torch.cat(ents).float() if ents else None
+        return torch.cat(lps).float(), torch.cat(refs).float(), torch.cat(vals), entropies
 
     def _score(self, batch: dict, record: bool = False) -> torch.Tensor:
         """Weighted sum of the reward sources (``record``: log each source's mean as ``rewards/<name>/mean``)."""
@@ -406,9 +454,14 @@ class PPOTrainer(_BaseTrainer):
         return total
 
     def _mean_all(self, t: torch.Tensor) -> float:
-        s = self._all_reduce_sum(torch.stack([t.detach().double().sum(), torch.tensor(
-            float(t.numel()), dtype=torch.float64, device=t.device)]))
-        return (s[0] / s[1].clamp(min=1)).item()
+        return self._means_all({"x": t})["x"]
+
+    def _means_all(self, named: dict[str, torch.Tensor]) -> dict[str, float]:
+        """All-process means of several tensors, with one reduction and one device sync."""
+        sums = torch.stack([torch.stack([t.detach().double().sum(), torch.tensor(
+            float(t.numel()), dtype=torch.float64, device=t.device)]) for t in named.values()])
+        sums = self._all_reduce_sum(sums)
+        return dict(zip(named, (sums[:, 0] / sums[:, 1].clamp(min=1)).tolist()))
 
     def _sample_batch(self, rows: list[dict], greedy: bool = False) -> dict:
         """Generate responses to ``rows`` and describe them the way reward sources read them (one path for the
@@ -456,7 +509,8 @@ class PPOTrainer(_BaseTrainer):
         batch = self._sample_batch(rows)
         width, rmask = batch["context_length"], batch["response_mask"]
         logprobs, ref_logprobs, values, entropies = self._forward_logprobs_values(
-            wrapper, batch["query_responses"], batch["query_response_mask"], width, batch["responses"])
+            wrapper, batch["query_responses"], batch["query_response_mask"], width, batch["responses"],
+            with_entropy=self._will_log(self.state.global_step, args.steps_per_rollout))
         maskf = rmask.float()
         batch.update(logprobs=logprobs * maskf, ref_logprobs=ref_logprobs * maskf, values=values * maskf)
         batch = run_hooks(self.hooks, "on_rollout", batch, self)
@@ -494,15 +548,17 @@ class PPOTrainer(_BaseTrainer):
         eos = tok.eos_token_id
         m = self._rollout_metrics
         m["objective/kl"] = seq_kl
-        m["objective/entropy"] = self._mean_all((-batch["logprobs"] * maskf).sum(1))
-        m["objective/token_entropy"] = self._mean_all(core.masked_mean(entropies, maskf, dim=1))
-        m["objective/non_score_reward"] = self._mean_all(batch["non_score_rewards"].sum(1))
-        m["objective/scores"] = self._mean_all(scores)
-        m["objective/scaled_scores"] = self._mean_all(batch["scaled_scores"])
+        means = {"objective/entropy": (-batch["logprobs"] * maskf).sum(1),
+                 "objective/non_score_reward": batch["non_score_rewards"].sum(1),
+                 "objective/scores": scores, "objective/scaled_scores": batch["scaled_scores"],
+                 "objective/response_length": maskf.sum(1),
+                 "val/mean_value": core.masked_mean(batch["values"], maskf, dim=1)}
+        m.pop("objective/token_entropy", None)  # no stale value when no step of this rollout logs
+        if entropies is not None:
+            means["objective/token_entropy"] = core.masked_mean(entropies, maskf, dim=1)
+        m.update(self._means_all(means))  # one reduction and one device sync for all of them
         m["objective/rlhf_reward"] = m["objective/scores"] + m["objective/non_score_reward"]
-        m["objective/response_length"] = self._mean_all(maskf.sum(1))
         m["val/num_eos_tokens"] = self._all_reduce_sum((batch["responses"] == eos).sum().double()).item()
-        m["val/mean_value"] = self._mean_all(core.masked_mean(batch["values"], maskf, dim=1))
         m["val/explained_variance"] = core.explained_variance(batch["values"], batch["returns"], maskf,
                                                               self._all_reduce_sum).item()
         self._rollouts_done += 1
@@ -524,16 +580,19 @@ class PPOTrainer(_BaseTrainer):
         c = inputs["context_length"]
         mask = inputs["response_mask"].float()
         warm = self.value_warmup.active
-        logits, values = model(inputs["query_responses"], inputs["query_response_mask"], policy=not warm)
+        keep = inputs["responses"].shape[1] + 1
+        logits, values = model(inputs["query_responses"], inputs["query_response_mask"], policy=not warm,
+                               logits_to_keep=keep)
         vpred = values[:, c - 1:-1].float()
         value_loss = core.lookup("value_loss", args.value_loss_type)
         vf_loss, vstats = value_loss(vpred, inputs["values"], inputs["returns"], mask,
                                      cliprange_value=args.cliprange_value)
         loss = args.vf_coef * vf_loss
-        self._metrics["train"]["loss/value_avg"].append(vf_loss.item())
-        self._metrics["train"]["val/clipfrac_avg"].append(vstats["clipfrac"].item())
+        record = self._record
+        record("loss/value_avg", vf_loss)
+        record("val/clipfrac_avg", vstats["clipfrac"])
         if not warm:
-            logits = logits[:, c - 1:-1]
+            logits = logits[:, -keep:-1]
             new_logprobs = response_logprobs(logits, inputs["responses"], args.temperature)
             policy_loss = core.lookup("policy_loss", args.policy_loss_type)
             pg_loss, pstats = policy_loss(new_logprobs, inputs["logprobs"], inputs["advantages"], mask,
@@ -543,27 +602,49 @@ class PPOTrainer(_BaseTrainer):
                 kl = core.kl_estimate(new_logprobs, inputs["ref_logprobs"], args.kl_estimator)
                 kl_loss = core.masked_mean(kl, mask)
                 loss = loss + self.kl_ctl.value * kl_loss
-                self._metrics["train"]["loss/kl_avg"].append(kl_loss.item())
+                record("loss/kl_avg", kl_loss)
             if self.ptx is not None:
                 loss = loss + self.ptx.coef * self._ptx_loss(model)
-            with torch.no_grad():
-                ent = core.masked_mean(entropy_from_logits(logits.detach().float() / (args.temperature + 1e-7)), mask)
-            self._metrics["train"]["loss/policy_avg"].append(pg_loss.item())
-            self._metrics["train"]["policy/clipfrac_avg"].append(pstats["clipfrac"].item())
-            self._metrics["train"]["policy/approxkl_avg"].append(pstats["approxkl"].item())
-            self._metrics["train"]["val/ratio"].append(pstats["ratio"].item())
-            self._metrics["train"]["policy/entropy_avg"].append(ent.item())
+            record("loss/policy_avg", pg_loss)
+            record("policy/clipfrac_avg", pstats["clipfrac"])
+            record("policy/approxkl_avg", pstats["approxkl"])
+            record("val/ratio", pstats["ratio"])
+            if self._will_log(self.state.global_step, 1):  # a full-vocabulary pass, for a metric only
+                with torch.no_grad():
+                    record("policy/entropy_avg", core.masked_mean(
+                        entropy_from_logits(logits.detach().float() / (args.temperature + 1e-7)), mask))
         return loss
+
+    def _record(self, key: str, value, mode: str = "train") -> None:
+        """Keep a step metric as a tensor (no device sync per micro-batch); :meth:`log` reduces them."""
+        self._metrics[mode][key].append(value.detach() if isinstance(value, torch.Tensor) else value)
+
+    def _will_log(self, first_step: int, n_steps: int) -> bool:
+        """Whether any optimizer step in ``first_step + 1 … first_step + n_steps`` logs (Trainer's rule): metrics
+        that cost a full-vocabulary pass are computed for those steps only."""
+        args = self.args
+        if args.logging_strategy == "no":
+            return False
+        if args.logging_strategy != "steps":
+            return True
+        every = int(getattr(self.state, "logging_steps", 0) or 0) or max(1, int(args.logging_steps))
+        last = self.state.max_steps  # Trainer logs the last step too
+        return any(s % every == 0 or (s == 1 and args.logging_first_step) or s == last
+                   for s in range(first_step + 1, first_step + n_steps + 1))
+
+    # ptx: the fp32 cross-entropy is taken over chunks of positions, so that no fp32 copy of the full
+    # [batch, length, vocabulary] logits exists at once (bf16 logits are kept for the backward anyway)
+    _PTX_CHUNK = 128
 
     def _ptx_loss(self, model) -> torch.Tensor:
         b = self.ptx.next_batch(self.processing_class.pad_token_id, self.accelerator.device)
         wrapper = self._unwrapped()
         with wrapper.policy_scope():
             logits = wrapper.policy(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                                    use_cache=False).logits[:, :-1].float()
+                                    use_cache=False).logits[:, :-1]
         labels = b["input_ids"][:, 1:].masked_fill(b["attention_mask"][:, 1:] == 0, -100)
-        nll = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
-        self._metrics["train"]["loss/ptx_avg"].append(nll.item())
+        nll = chunked_cross_entropy(logits, labels, self._PTX_CHUNK)
+        self._record("loss/ptx_avg", nll)
         return nll
 
     # ------------------------------------------------------------------ logging
@@ -574,12 +655,13 @@ class PPOTrainer(_BaseTrainer):
         metrics = self._metrics[mode]
         keys = sorted(metrics)
         if keys:
-            vals = torch.tensor([sum(metrics[k]) / len(metrics[k]) for k in keys], dtype=torch.float64,
-                                device=self.accelerator.device)
+            dev = self.accelerator.device
+            vals = torch.stack([torch.stack([torch.as_tensor(v, dtype=torch.float64).to(dev) for v in metrics[k]])
+                                .mean() for k in keys])
             if self.accelerator.num_processes > 1:
                 vals = self.accelerator.reduce(vals, reduction="mean")
             prefix = "" if mode == "train" else "eval_"
-            logs.update({prefix + k: v.item() for k, v in zip(keys, vals)})
+            logs.update({prefix + k: v for k, v in zip(keys, vals.tolist())})
         if mode == "train":
             logs.update(self._rollout_metrics)
             for p in (self.reward_scaler, self.kl_ctl, self.adv_norm, self.value_warmup):

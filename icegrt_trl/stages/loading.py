@@ -130,6 +130,8 @@ def load_model(ctx: RunContext, model_args, tokenizer, kind: str = "causal", see
         kwargs["quantization_config"] = quantization
     if model_args.dtype not in (None, "auto"):
         kwargs["dtype"] = getattr(torch, model_args.dtype)
+    if getattr(model_args, "attn_implementation", None):  # TRL's ModelConfig field, e.g. eager for bf16 on a CPU
+        kwargs["attn_implementation"] = model_args.attn_implementation
     auto = AutoModelForCausalLM if kind == "causal" else AutoModelForSequenceClassification
     if kind != "causal":
         kwargs["num_labels"] = 1
