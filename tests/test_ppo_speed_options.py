@@ -284,3 +284,20 @@ def test_generation_in_length_buckets_keeps_each_rows_response(tmp_path, tok, pr
             alone = real_generate(input_ids=ids, attention_mask=torch.ones_like(ids),
                                   generation_config=t.greedy_generation_config)[0, ids.shape[1]:]
             assert response[:int(n)].tolist() == alone[:int(n)].tolist()
+
+
+def test_rollout_is_as_wide_as_its_longest_response(tmp_path, tok, prompts):
+    model = tiny_causal_lm("llama", tok, **SMALL)
+    head = nn.Linear(model.lm_head.in_features, model.lm_head.out_features, bias=True)
+    with torch.no_grad():  # EOS made likely: every row stops well before response_length
+        head.weight.copy_(model.lm_head.weight)
+        head.bias.zero_()
+        head.bias[tok.eos_token_id] = 4.0
+    model.lm_head = head
+    t = PPOTrainer(args=cfg(tmp_path, response_length=20, max_steps=1, per_device_train_batch_size=8),
+                   processing_class=tok, model=model, reward_model=gold_reward, train_dataset=prompts)
+    t.train()
+    b = t._last_rollout
+    ends = [(row == tok.eos_token_id).nonzero()[0, 0].item() + 1 for row in b["responses"]]  # every row has an EOS
+    assert b["responses"].shape[1] == max(ends) < 20
+    assert b["query_responses"].shape[1] == b["context_length"] + max(ends)

@@ -388,8 +388,10 @@ class PPOTrainer(_BaseTrainer):
     @torch.no_grad()
     def _generate(self, wrapper: PolicyAndValue, queries: torch.Tensor, query_mask: torch.Tensor,
                   greedy: bool = False) -> torch.Tensor:
-        """Responses ``[B, response_length]`` (right-padded) from the policy, with PPOConfig's sampling settings only
-        (the model's own generation_config is set aside, see :mod:`icegrt_trl.ppo.generation`).
+        """Responses ``[B, L]`` (right-padded; L = the longest response, at most ``response_length``) from the
+        policy, with PPOConfig's sampling settings only (the model's own generation_config is set aside, see
+        :mod:`icegrt_trl.ppo.generation`). When every row stopped early, the rollout's forwards and training run on
+        L columns, not ``response_length`` (trl 1.12 kept generate's length too).
 
         With more rows than ``local_rollout_forward_batch_size`` the rows are generated in chunks of similar prompt
         length, each without the left padding all its rows share (less padding to attend over and to decode past)."""
@@ -398,6 +400,7 @@ class PPOTrainer(_BaseTrainer):
         bs = args.local_rollout_forward_batch_size
         n = queries.shape[0]
         out = torch.full((n, args.response_length), tok.pad_token_id, dtype=queries.dtype, device=queries.device)
+        longest = 1
         order = torch.argsort(query_mask.sum(1), descending=True, stable=True) if n > bs else \
             torch.arange(n, device=queries.device)
         with wrapper.policy_scope(), isolated_generation(wrapper.policy), self._gathered_for_generation(), \
@@ -408,7 +411,8 @@ class PPOTrainer(_BaseTrainer):
                 q, m = queries[idx, -width:], query_mask[idx, -width:]
                 resp = wrapper.policy.generate(input_ids=q, attention_mask=m, generation_config=gen)[:, width:]
                 out[idx, :resp.shape[1]] = resp
-        return out
+                longest = max(longest, resp.shape[1])
+        return out[:, :longest]
 
     @torch.no_grad()
     def _forward_logprobs_values(self, wrapper, qr, mask, context_length, responses, with_entropy: bool = True):
