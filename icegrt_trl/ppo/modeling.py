@@ -162,7 +162,9 @@ def hold_matmul_weights_in(model: nn.Module, dtype: torch.dtype) -> int:
 
 def use_eager_attention(model: nn.Module) -> bool:
     """Switch a transformers model from SDPA to eager attention (see PPOConfig.cpu_bf16_eager_attention)."""
-    target = model.get_base_model() if is_peft_model(model) else model
+    from .generation import innermost_generator
+
+    target = innermost_generator(model)
     config = getattr(target, "config", None)
     if getattr(config, "_attn_implementation", None) != "sdpa" or not hasattr(target, "set_attn_implementation"):
         return False
@@ -173,7 +175,9 @@ def use_eager_attention(model: nn.Module) -> bool:
 @contextlib.contextmanager
 def attention_implementation(model: nn.Module, implementation: str | None):
     """Run with ``implementation`` as the model's attention (``None``: unchanged), then switch back."""
-    target = model.get_base_model() if is_peft_model(model) else model
+    from .generation import innermost_generator
+
+    target = innermost_generator(model)
     previous = getattr(getattr(target, "config", None), "_attn_implementation", None)
     if implementation is None or previous in (None, implementation):
         yield
@@ -227,7 +231,11 @@ class ValueModel(nn.Module):
         with ctx:
             h = self.body()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                             use_cache=False).last_hidden_state
-        return self.head(h.to(self.head.weight.dtype)).squeeze(-1)
+        return self.values_from_hidden(h)
+
+    def values_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Per-token values from the body's last hidden state."""
+        return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)
 
 
 class SharedValueHead(ValueModel):
@@ -245,9 +253,6 @@ class SharedValueHead(ValueModel):
 
     def body(self) -> None:
         return None
-
-    def values_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)
 
     def forward(self, input_ids, attention_mask, position_ids=None):
         ctx = adapter_scope(self._policy, self._policy_adapter) if self._policy_adapter else contextlib.nullcontext()

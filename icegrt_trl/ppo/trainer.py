@@ -51,6 +51,11 @@ def chunked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, chunk: int
     return total / (labels != -100).sum().clamp(min=1)
 
 
+def response_entropies(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Per-token entropy of ``softmax(logits / temperature)``, in fp32 (a metric: a full-vocabulary pass)."""
+    return entropy_from_logits(logits.float() / (temperature + 1e-7))
+
+
 def response_logprobs(logits: torch.Tensor, responses: torch.Tensor, temperature: float) -> torch.Tensor:
     """log π(token) under ``logits / temperature``, in fp32 whatever the logits' dtype (one recipe for the rollout,
     the reference and the training forward, so that equal logits give bit-equal log-probs)."""
@@ -420,7 +425,7 @@ class PPOTrainer(_BaseTrainer):
 
         The old log-probs take their own forward rather than the scores ``generate`` returns: the KV-cached decode
         computes them with other kernels and shapes, so they are not bit-equal to the training forward's and the
-        first PPO ratio would not be exactly 1 (docs/benchmarks.md measures the difference)."""
+        first PPO ratio would not be exactly 1."""
         args = self.args
         lps, refs, vals, ents = [], [], [], []
         bs = args.local_rollout_forward_batch_size
@@ -432,7 +437,7 @@ class PPOTrainer(_BaseTrainer):
             logits = logits[:, -keep:-1]
             lps.append(response_logprobs(logits, responses[i:i + bs], args.temperature))
             if with_entropy:
-                ents.append(entropy_from_logits(logits.float() / (args.temperature + 1e-7)))
+                ents.append(response_entropies(logits, args.temperature))
             del logits
             vals.append(values[:, context_length - 1:-1].float())
             if self.ref_model is not None:
@@ -615,8 +620,7 @@ class PPOTrainer(_BaseTrainer):
             record("val/ratio", pstats["ratio"])
             if self._will_log(self.state.global_step, 1):  # a full-vocabulary pass, for a metric only
                 with torch.no_grad():
-                    record("policy/entropy_avg", core.masked_mean(
-                        entropy_from_logits(logits.detach().float() / (args.temperature + 1e-7)), mask))
+                    record("policy/entropy_avg", core.masked_mean(response_entropies(logits, args.temperature), mask))
         return loss
 
     def _record(self, key: str, value, mode: str = "train") -> None:
@@ -710,9 +714,9 @@ class PPOTrainer(_BaseTrainer):
             with torch.no_grad(), self.accelerator.autocast():
                 total = self._score(batch)
             score = self._mean_all(total)
-            self._metrics["eval"]["objective/scores"].append(score)
-            self._metrics["eval"]["objective/response_length"].append(
-                self._mean_all(batch["response_mask"].sum(1).double()))
+            self._record("objective/scores", score, mode="eval")
+            self._record("objective/response_length", self._mean_all(batch["response_mask"].sum(1).double()),
+                         mode="eval")
             self.log({})
         finally:
             self.model.train(was)
