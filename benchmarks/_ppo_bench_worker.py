@@ -266,6 +266,11 @@ def smollm2_setup(mode: str, base_dtype: str):
 
     path = smollm2_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
+    # SmolLM2's pad token is its EOS, <|im_end|>, which also closes every chat turn of a prompt. trl 1.12 builds its
+    # attention mask as `queries != pad_token_id`, so it would mask those tokens out and sample from corrupted prompts
+    # (shorter samples: less work). Both trainers get <|endoftext|> as pad instead, a token no chat prompt holds.
+    tokenizer.pad_token = "<|endoftext|>"
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id
     data = make_datasets(TestbedConfig(suite="chat", seed=0, num_sft=0, num_unlabeled=256, num_eval=8))
 
     def tok(b):
@@ -350,6 +355,9 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, help="per_device_train_batch_size (= rollout batch here)")
     p.add_argument("--response-length", type=int)
     p.add_argument("--ppo-epochs", type=int)
+    p.add_argument("--gradient-checkpointing", action="store_true", help="ours only: recompute activations")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="ours only: further PPOConfig fields (values parsed as YAML), e.g. value_head_on_policy=true")
     p.add_argument("--updates", type=int, default=4, help="PPO updates, the first one is warm-up (not timed)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (same on both sides)")
     p.add_argument("--profile", help="write cProfile stats of train() to this path")
@@ -373,6 +381,13 @@ def main(argv=None) -> None:
             overrides["response_length"] = args.response_length
         if args.ppo_epochs:
             overrides["num_ppo_epochs"] = args.ppo_epochs
+        if args.gradient_checkpointing:
+            overrides["gradient_checkpointing"] = True
+        for item in args.set:
+            import yaml
+
+            key, _, value = item.partition("=")
+            overrides[key] = yaml.safe_load(value)
         trainer, weights, models = make_trainer(args.impl, args.mode, args.size, args.updates, out_dir, timer,
                                                 overrides, args.base_dtype)
         if phases:
@@ -396,8 +411,10 @@ def main(argv=None) -> None:
     timed = durations[1:]
     result = {
         "impl": args.impl, "mode": args.mode, "size": args.size, "trl": trl.__version__,
-        "settings": {k: getattr(trainer.args, k) for k in ("per_device_train_batch_size", "response_length",
-                                                           "num_ppo_epochs", "num_mini_batches", "bf16")},
+        "settings": {k: getattr(trainer.args, k, None) for k in (
+            "per_device_train_batch_size", "response_length", "num_ppo_epochs", "num_mini_batches", "bf16",
+            "gradient_checkpointing", "value_head_on_policy", "merge_adapter_for_generation")},
+        "pad_token": trainer.processing_class.pad_token, "eos_token": trainer.processing_class.eos_token,
         "base_dtype": args.base_dtype,
         "transformers": transformers.__version__, "torch": torch.__version__, "threads": args.threads,
         "updates": len(durations), "warmup_s": durations[0] if durations else None, "update_s": timed,

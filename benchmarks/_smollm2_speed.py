@@ -39,19 +39,23 @@ def forward_flops(cfg: dict, tokens: float, context: float, head_positions: floa
     return L * tokens * (per_layer + 4 * d * context) + 2 * d * cfg["vocab_size"] * head_positions
 
 
-def update_flops(cfg: dict, batch: int, prompt: float, response: int, epochs: int, lora: bool) -> dict[str, float]:
+def update_flops(cfg: dict, batch: int, prompt: float, response: int, epochs: int, lora: bool,
+                 shared_value: bool = False) -> dict[str, float]:
     """Model FLOPs of one PPO update on the useful tokens (unpadded prompts, full responses), the same for both
     trainers: generation (prefill + one token at a time), the rollout's four no-grad forwards (policy, reference,
     value, reward; LM head at response positions only) and `epochs` passes of policy + value forward and backward
-    (backward = 2 × forward for full weights, 1 × for a frozen base under LoRA: input gradients only)."""
+    (backward = 2 × forward for full weights, 1 × for a frozen base under LoRA: input gradients only). With
+    `shared_value` (value head on the policy) the value model's forwards are not run. Gradient checkpointing's
+    recomputation is not model work and is not counted."""
     T = prompt + response
     gen = batch * (forward_flops(cfg, prompt, prompt / 2, 1) + forward_flops(cfg, response, prompt + response / 2,
                                                                               response))
     policy_fwd = batch * forward_flops(cfg, T, T / 2, response)
     body_fwd = batch * forward_flops(cfg, T, T / 2, 0)
-    rollout = 2 * policy_fwd + 2 * body_fwd
+    value_fwd = 0 if shared_value else body_fwd
+    rollout = 2 * policy_fwd + body_fwd + value_fwd
     bwd = 1 if lora else 2
-    training = epochs * (1 + bwd) * (policy_fwd + body_fwd)
+    training = epochs * (1 + bwd) * (policy_fwd + value_fwd)
     return {"generation": gen, "rollout_forwards": rollout, "training": training,
             "total": gen + rollout + training}
 
@@ -63,6 +67,10 @@ def worker_args(row: dict) -> list[str]:
         a.append("--bf16")
     if row.get("base_dtype"):
         a += ["--base-dtype", row["base_dtype"]]
+    if row.get("gradient_checkpointing"):
+        a.append("--gradient-checkpointing")
+    if row.get("set"):
+        a += ["--set", *row["set"]]
     return a
 
 
@@ -71,7 +79,7 @@ def row_figures(res: dict, peak: dict[str, float]) -> dict:
     cfg = res["model_config"]
     lora = res["mode"] == "lora"
     fl = update_flops(cfg, s["per_device_train_batch_size"], res["mean_prompt_tokens"], s["response_length"],
-                      s["num_ppo_epochs"], lora)
+                      s["num_ppo_epochs"], lora, bool(s.get("value_head_on_policy")))
     # trl 1.12 never enters autocast (it ignores bf16): its matmuls run at the fp32 rate whatever bf16 says
     dtype = "bfloat16" if (s["bf16"] and res["impl"] == "ours") or (lora and res.get("base_dtype") == "bfloat16") \
         else "float32"

@@ -180,6 +180,13 @@ def smollm2_main(args, argv) -> None:
         "ours bf16": ("ours", "full", dict(sm.BASE, bf16=True)),
         "trl112 bf16": ("trl112", "full", dict(sm.BASE, bf16=True)),
         "ours LoRA bf16": ("ours", "lora", dict(sm.BASE, bf16=True, base_dtype="bfloat16")),
+        "ours LoRA bf16, merged generation": ("ours", "lora", dict(sm.BASE, bf16=True, base_dtype="bfloat16",
+                                                                    set=["merge_adapter_for_generation=true"])),
+        "ours LoRA bf16, merged generation, checkpointing": (
+            "ours", "lora", dict(sm.BASE, bf16=True, base_dtype="bfloat16", gradient_checkpointing=True,
+                                 set=["merge_adapter_for_generation=true"])),
+        "ours bf16, value head on the policy": ("ours", "full", dict(sm.BASE, bf16=True,
+                                                                      set=["value_head_on_policy=true"])),
     }
     raw: dict = {"peak_gflops": peak, "main": {k: [] for k in rows}, "sweep": {}}
 
@@ -217,7 +224,9 @@ def smollm2_report(raw: dict, args, argv, sm) -> str:
              + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()) + ")", "",
              "| row | s/update per run | median | vs trl 1.12 same row | peak RSS MiB | model GFLOP/update | "
              "achieved GFLOP/s | utilization of the dtype's peak |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    baseline = {"ours fp32": "trl112 fp32", "ours bf16": "trl112 bf16", "ours LoRA bf16": "trl112 fp32"}
+    baseline = {name: "trl112 fp32" for name in main if name.startswith("ours LoRA")}
+    baseline.update({"ours fp32": "trl112 fp32", "ours bf16": "trl112 bf16",
+                     "ours bf16, value head on the policy": "trl112 bf16"})
     for name, rs in main.items():
         if not rs:
             continue
@@ -225,10 +234,10 @@ def smollm2_report(raw: dict, args, argv, sm) -> str:
         vs = f"{med_s[baseline[name]] / med_s[name]:.2f}×" if name in baseline and baseline[name] in med_s else "—"
         lines.append(f"| {name} | {fmt_list((r['s_per_update'] for r in rs), '{:.2f}')} | {med_s[name]:.2f} | {vs} | "
                      f"{med_m[name]:.0f} | {f['gflop']:.0f} | {f['gflops']:.0f} ({f['dtype']}) | {f['util']:.1%} |")
-    if "ours LoRA bf16" in med_m and "trl112 fp32" in med_m:
-        lines += ["", f"LoRA on one base ÷ trl 1.12 four full fp32 models: peak memory "
-                      f"**{med_m['ours LoRA bf16'] / med_m['trl112 fp32']:.2f}×** (target ≤ 0.35×), speed "
-                      f"**{med_s['trl112 fp32'] / med_s['ours LoRA bf16']:.2f}×** (target ≥ 1.5×)."]
+    for name in (n for n in med_m if n.startswith("ours LoRA") and "trl112 fp32" in med_m):
+        lines += ["", f"{name} ÷ trl 1.12 four full fp32 models: peak memory "
+                      f"**{med_m[name] / med_m['trl112 fp32']:.2f}×** (target ≤ 0.35×), speed "
+                      f"**{med_s['trl112 fp32'] / med_s[name]:.2f}×** (target ≥ 1.5×)."]
     groups = {k: sm.phase_groups(median_phases(v)) for k, v in main.items() if v and v[0].get("phases")}
     if groups:
         names = list(next(iter(groups.values())))

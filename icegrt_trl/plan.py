@@ -155,6 +155,12 @@ def autocast_copy_bytes(arch: Architecture, param_bytes: int, bf16: bool, load_i
     return arch.parameters() * 2 if bf16 and param_bytes == 4 and not load_in_4bit else 0
 
 
+def adapted_weight_count(arch: Architecture, targets) -> int:
+    """Weights of the linear layers LoRA adapts: what merging the adapter for generation copies (biases are few)."""
+    shapes = arch.linear_shapes()
+    return arch.num_layers * sum(shapes[t][0] * shapes[t][1] for t in arch.lora_targets(targets))
+
+
 def kv_cache_bytes(arch: Architecture, rows: int, length: int, act_bytes: int) -> int:
     return 2 * arch.num_layers * arch.kv_size * rows * length * act_bytes
 
@@ -261,6 +267,9 @@ def plan_ppo(policy: ModelSetup, reward: ModelSetup, args, prompt_length: int) -
         plan.components["gradients + AdamW states"] = trainable_state_bytes(n + backbone, b)
         models = "four models (policy, value, reference, reward)"
     plan.components["reward model"] = reward.weights()
+    if policy.lora_r and getattr(args, "merge_adapter_for_generation", False):
+        plan.components["base weights copy (merge_adapter_for_generation)"] = \
+            adapted_weight_count(policy.arch, policy.lora_targets) * policy.param_bytes
     copies = autocast_copy_bytes(policy.arch, policy.param_bytes, policy.bf16, policy.load_in_4bit) \
         + autocast_copy_bytes(reward.arch, reward.param_bytes, policy.bf16, reward.load_in_4bit)
     if copies:
@@ -443,5 +452,5 @@ def check_fits(plans: list[StagePlan], budget: int) -> None:
             f"(load_in_4bit), or shorten max_length / response_length.")
 
 
-__all__ = ["Architecture", "KNOWN_ARCHITECTURES", "PlanError", "StagePlan", "activation_bytes", "check_fits",
-           "kv_cache_bytes", "logits_bytes", "parse_memory", "plan_recipe", "render_plan", "weight_bytes"]
+__all__ = ["Architecture", "KNOWN_ARCHITECTURES", "PlanError", "StagePlan", "activation_bytes", "adapted_weight_count",
+           "check_fits", "kv_cache_bytes", "logits_bytes", "parse_memory", "plan_recipe", "render_plan", "weight_bytes"]

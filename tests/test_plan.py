@@ -110,6 +110,11 @@ def test_plan_reflects_the_options():
     small = plan_ppo(lora, full, PPOConfig(**args, local_rollout_forward_batch_size=4), 128)
     large = plan_ppo(lora, full, PPOConfig(**args, local_rollout_forward_batch_size=16), 128)
     assert large.total > small.total
+    merging = plan_ppo(lora, full, PPOConfig(**args, local_rollout_forward_batch_size=4,
+                                             merge_adapter_for_generation=True), 128)
+    # Qwen2.5-0.5B, all seven projections adapted: 24 layers × (896·896 + 2·896·128 + 896·896 + 3·896·4864) weights, bf16
+    assert merging.total - small.total == merging.components["base weights copy (merge_adapter_for_generation)"] \
+        == 24 * (896 * 896 * 2 + 2 * 896 * 128 + 3 * 896 * 4864) * 2
     four = plan_ppo(full, full, PPOConfig(**args), 128)
     assert {"policy", "value model", "reference", "reward model"} <= set(four.components)
 

@@ -301,3 +301,106 @@ def test_rollout_is_as_wide_as_its_longest_response(tmp_path, tok, prompts):
     ends = [(row == tok.eos_token_id).nonzero()[0, 0].item() + 1 for row in b["responses"]]  # every row has an EOS
     assert b["responses"].shape[1] == max(ends) < 20
     assert b["query_responses"].shape[1] == b["context_length"] + max(ends)
+
+
+# ---------------------------------------------------------------- LM head input, merged adapter for generation
+def test_lm_head_gets_a_contiguous_input_and_the_same_logits(tok):
+    from icegrt_trl.ppo.modeling import contiguous_lm_head_input
+
+    model = tiny_causal_lm("llama", tok, **SMALL).eval()
+    seen = []
+    spy = model.lm_head.register_forward_pre_hook(lambda m, a: seen.append(a[0].is_contiguous()))
+    ids = torch.randint(3, len(tok), (3, 9))
+    with torch.no_grad():
+        before = model(input_ids=ids, logits_to_keep=4).logits
+    assert seen == [False]  # transformers hands the head a strided view of the kept positions
+    spy.remove()
+    assert contiguous_lm_head_input(model) and not contiguous_lm_head_input(model)  # one hook, however often asked
+    model.lm_head.register_forward_pre_hook(lambda m, a: seen.append(a[0].is_contiguous()))  # runs after ours
+    with torch.no_grad():
+        after = model(input_ids=ids, logits_to_keep=4).logits
+    assert seen == [False, True]
+    assert torch.allclose(after, before, atol=1e-6)
+
+
+def lora(**kw):
+    from peft import LoraConfig
+
+    return LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "gate_proj"], task_type="CAUSAL_LM", **kw)
+
+
+def test_merged_adapter_computes_the_adapted_model_and_restores_the_exact_base(tok):
+    from peft import get_peft_model
+
+    from icegrt_trl.ppo.modeling import _tuner_layers, merged_adapter
+
+    model = get_peft_model(tiny_causal_lm("llama", tok, **SMALL).to(torch.bfloat16), lora(init_lora_weights=False))
+    layers = _tuner_layers(model)
+    lora_layers = [m for m in layers if "default" in getattr(m, "lora_A", {})]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ids = torch.randint(3, len(tok), (2, 9))
+    with torch.no_grad():
+        unmerged = model(input_ids=ids).logits.float()
+        with merged_adapter(layers, "default") as n:
+            assert n == len(lora_layers) == 2 * 3
+            assert all(m.merged for m in lora_layers)
+            merged = model(input_ids=ids).logits.float()
+    with torch.no_grad(), model.disable_adapter():
+        base_only = model(input_ids=ids).logits.float()
+    assert (merged - unmerged).abs().max() < 0.1 < (base_only - unmerged).abs().max()  # the adapter, to bf16 rounding
+    assert not any(m.merged for m in lora_layers)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # the exact bits, base and adapter
+    # PEFT's own merge + unmerge does not give the bf16 base back: why merged_adapter copies the weights
+    model.merge_adapter()
+    model.unmerge_adapter()
+    assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+@pytest.mark.parametrize("merge", [False, True])
+def test_merge_adapter_for_generation_merges_only_while_generating(tmp_path, tok, prompts, merge):
+    model = tiny_causal_lm("llama", tok, **SMALL).to(torch.bfloat16)
+    t = PPOTrainer(args=cfg(tmp_path, bf16=True, merge_adapter_for_generation=merge, max_steps=2),
+                   processing_class=tok, model=model, reward_model=gold_reward, train_dataset=prompts,
+                   peft_config=lora())
+    policy = t.model.policy
+    assert policy.get_base_model().get_output_embeddings()._icegrt_contiguous_input
+    frozen = {n: p.detach().clone() for n, p in policy.named_parameters() if not p.requires_grad}
+    q_proj = policy.get_base_model().model.layers[0].self_attn.q_proj
+    calls, generating = [], []  # calls: (inside generate, merged)
+    q_proj.register_forward_pre_hook(lambda m, a: calls.append((bool(generating), m.merged)))
+    generate = policy.generate
+
+    def spied_generate(*a, **k):
+        generating.append(True)
+        try:
+            return generate(*a, **k)
+        finally:
+            generating.pop()
+
+    policy.generate = spied_generate
+    t.train()
+    assert {merged for inside, merged in calls if inside} == {merge}
+    assert {merged for inside, merged in calls if not inside} == {False}  # rollout forwards, reference, training
+    assert all(torch.equal(p, frozen[n]) for n, p in policy.named_parameters() if not p.requires_grad)
+
+
+def test_merge_adapter_for_generation_refuses_what_it_cannot_merge(tmp_path, tok, prompts):
+    from transformers import BitsAndBytesConfig
+
+    kw = dict(processing_class=tok, reward_model=gold_reward, train_dataset=prompts)
+    with pytest.raises(ValueError, match=r"merge_adapter_for_generation=True needs a PEFT LoRA policy .*"
+                                         r"Set merge_adapter_for_generation=False"):
+        PPOTrainer(args=cfg(tmp_path, merge_adapter_for_generation=True), model=tiny_causal_lm("llama", tok, **SMALL),
+                   **kw)
+    tiny_causal_lm("llama", tok, **SMALL).save_pretrained(tmp_path / "tiny")
+    q4 = AutoModelForCausalLM.from_pretrained(tmp_path / "tiny", quantization_config=BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32))
+    with pytest.raises(ValueError, match=r"cannot merge the LoRA adapter into a 4-bit/8-bit quantized base"):
+        PPOTrainer(args=cfg(tmp_path, merge_adapter_for_generation=True), model=q4, peft_config=lora(), **kw)
+    t = PPOTrainer(args=cfg(tmp_path), model=tiny_causal_lm("llama", tok, **SMALL), peft_config=lora(), **kw)
+    t.is_fsdp_enabled = True  # as Trainer sets it under FSDP
+    with pytest.raises(ValueError, match=r"cannot merge into weights sharded across processes"):
+        t._check_merge_for_generation(t.model)
+    t.is_fsdp_enabled, t.policy_adapter = False, "ia3"  # an adapter without LoRA layers
+    with pytest.raises(ValueError, match=r"the policy adapter 'ia3' has no LoRA layers"):
+        t._check_merge_for_generation(t.model)

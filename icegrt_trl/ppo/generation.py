@@ -55,7 +55,11 @@ def innermost_generator(model):
 
 @contextlib.contextmanager
 def isolated_generation(model):
-    """Generate with a bare ``generation_config`` on the model, so none of its shipped settings is merged in."""
+    """Generate with a bare ``generation_config`` on the model, so none of its shipped settings is merged in (and
+    with the LM head's input made contiguous: see :func:`icegrt_trl.ppo.modeling.contiguous_lm_head_input`)."""
+    from .modeling import contiguous_lm_head_input
+
+    contiguous_lm_head_input(model)
     target = innermost_generator(model)
     saved = getattr(target, "generation_config", None)
     target.generation_config = GenerationConfig()

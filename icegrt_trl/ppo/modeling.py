@@ -59,6 +59,35 @@ def adapter_scope(model, adapter_name: str | None, layers: list | None = None):
         _set_adapter_state(layers, saved)
 
 
+@contextlib.contextmanager
+def merged_adapter(layers: list, adapter_name: str):
+    """Fold ``adapter_name`` into its layers' base weights for the duration, then put the base's exact weights back.
+
+    A merged layer is one matmul, where an unmerged LoRA layer adds two small matmuls, a scaling and an add per call:
+    in a token-by-token decode that overhead is a large share of each step. PEFT's own ``unmerge`` subtracts the
+    delta again, which in bf16 does not give back the same bits — and the base with adapters off is the reference
+    model — so the base weights are copied before merging and copied back after (one copy of the adapted weights is
+    held meanwhile). Inside the scope, layers that merged run their base layer only, whatever adapter is active."""
+    saved = []
+    try:
+        for m in layers:
+            if adapter_name not in getattr(m, "lora_A", {}) or not hasattr(m, "merge"):
+                continue  # modules_to_save wrappers and layers the adapter does not touch
+            if m.merged:
+                raise RuntimeError(f"{type(m).__name__} already has merged adapters {m.merged_adapters}; "
+                                   "merged_adapter expects unmerged layers")
+            base = m.get_base_layer()
+            saved.append((m, [(p, p.detach().clone()) for p in base.parameters(recurse=False)]))
+            m.merge(adapter_names=[adapter_name])
+        yield len(saved)
+    finally:
+        with torch.no_grad():
+            for m, params in saved:
+                for p, copy_ in params:
+                    p.copy_(copy_)
+                m.merged_adapters.clear()
+
+
 def adapter_aware_checkpointing(model: nn.Module) -> int:
     """Make every checkpointed layer of ``model`` recompute with the adapter state of its original forward.
 
@@ -138,6 +167,31 @@ def logits_kwargs(model, logits_to_keep: int) -> dict:
         except AttributeError:
             pass
     return {"logits_to_keep": logits_to_keep} if cached else {}
+
+
+def contiguous_lm_head_input(model: nn.Module) -> bool:
+    """Give ``model``'s LM head a contiguous input. Returns whether a hook was added (False: none needed or found).
+
+    With ``logits_to_keep`` transformers feeds the head ``hidden[:, -k:]``, a strided view. PyTorch's matmul cannot
+    fold such a 3-D input into one 2-D product, so on a CPU it expands the ``[vocabulary, hidden]`` weight to one
+    copy per row and runs a batched product instead: for SmolLM2 (49k × 576) and 8 rows that is ~720 ms in bf16
+    against 26 ms for the contiguous input, in every forward and in every ``generate`` prefill. A forward pre-hook
+    copies the few kept positions instead (measured in docs/benchmarks.md)."""
+    from .generation import innermost_generator
+
+    target = innermost_generator(model)
+    head = target.get_output_embeddings() if hasattr(target, "get_output_embeddings") else None
+    if head is None or getattr(head, "_icegrt_contiguous_input", False):
+        return False
+    head.register_forward_pre_hook(_contiguous_first_input)
+    head._icegrt_contiguous_input = True
+    return True
+
+
+def _contiguous_first_input(module, args):
+    if args and isinstance(args[0], torch.Tensor) and not args[0].is_contiguous():
+        return (args[0].contiguous(), *args[1:])
+    return None
 
 
 def hold_matmul_weights_in(model: nn.Module, dtype: torch.dtype) -> int:

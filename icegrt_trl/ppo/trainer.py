@@ -35,7 +35,8 @@ from .generation import isolated_generation, log_ignored_generation_settings, ro
 from .checkpoints import (load_policy_and_value, load_rollout, read_ppo_state, save_policy_and_value, save_rollout,
                           write_ppo_state)
 from .modeling import (PolicyAndValue, adapter_scope, assemble_models, attention_implementation,
-                       hold_matmul_weights_in, logits_kwargs, position_ids_from, use_eager_attention)
+                       contiguous_lm_head_input, hold_matmul_weights_in, logits_kwargs, merged_adapter,
+                       position_ids_from, use_eager_attention)
 from .plugins import HOOK_NAMES, run_hooks
 from .rewards import build_reward_sources
 
@@ -199,11 +200,35 @@ class PPOTrainer(_BaseTrainer):
         for s in self.reward_sources:
             if hasattr(s, "model"):
                 s.model = self._prepare_frozen(s.model, self._frozen_dtype())
+        if args.merge_adapter_for_generation:
+            self._check_merge_for_generation(wrapper)
+        for m in (wrapper.policy, self.ref_model):  # the models whose LM head runs with logits_to_keep
+            if m is not None:
+                contiguous_lm_head_input(m)
         if args.bf16 and args.cpu_bf16_eager_attention and self.accelerator.device.type == "cpu":
             # every model alike, so that policy and reference (and rollout and training) compute the same way
             self.eager_attention_models = sum(use_eager_attention(m) for m in self._all_models())
             # sampling is not matched bit for bit against anything, and SDPA decodes faster: generate with it
             self._generation_attention = "sdpa" if self.eager_attention_models else None
+
+    def _check_merge_for_generation(self, wrapper: PolicyAndValue) -> None:
+        """``merge_adapter_for_generation`` needs LoRA layers of the policy adapter in full-precision, unsharded
+        weights: refuse anything else before training starts."""
+        fix = "Set merge_adapter_for_generation=False."
+        if not self.is_peft:
+            raise ValueError("merge_adapter_for_generation=True needs a PEFT LoRA policy (pass peft_config= or a "
+                             f"PeftModel); this policy has no adapter to merge. {fix}")
+        base = wrapper.policy.get_base_model()
+        if getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False):
+            raise ValueError("merge_adapter_for_generation=True cannot merge the LoRA adapter into a 4-bit/8-bit "
+                             f"quantized base exactly (QLoRA). {fix}")
+        if self.is_fsdp_enabled or (self.is_deepspeed_enabled and
+                                    self.accelerator.state.deepspeed_plugin.zero_stage == 3):
+            raise ValueError("merge_adapter_for_generation=True cannot merge into weights sharded across processes "
+                             f"(FSDP, DeepSpeed ZeRO-3). {fix}")
+        if not any(self.policy_adapter in getattr(m, "lora_A", {}) for m in wrapper._layers):
+            raise ValueError(f"merge_adapter_for_generation=True: the policy adapter {self.policy_adapter!r} has no "
+                             f"LoRA layers (another PEFT method?). {fix}")
 
     def _prepare_frozen(self, model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
         """Reference and reward models: sharded/offloaded like the policy under DeepSpeed and FSDP (not a full
@@ -408,8 +433,10 @@ class PPOTrainer(_BaseTrainer):
         longest = 1
         order = torch.argsort(query_mask.sum(1), descending=True, stable=True) if n > bs else \
             torch.arange(n, device=queries.device)
+        merged = merged_adapter(wrapper._layers, self.policy_adapter) if args.merge_adapter_for_generation \
+            else contextlib.nullcontext()
         with wrapper.policy_scope(), isolated_generation(wrapper.policy), self._gathered_for_generation(), \
-                attention_implementation(wrapper.policy, self._generation_attention):
+                attention_implementation(wrapper.policy, self._generation_attention), merged:
             for i in range(0, n, bs):
                 idx = order[i:i + bs]
                 width = int(query_mask[idx].sum(1).max())  # left padding: the last `width` columns hold every prompt

@@ -36,6 +36,9 @@ def generate_completions(
 
     Returns ``len(prompts) * num_return_sequences`` strings, grouped by prompt.
     """
+    from ..ppo.modeling import contiguous_lm_head_input
+
+    contiguous_lm_head_input(model)  # a bf16 model's prefill would otherwise copy its LM head once per row on a CPU
     if seed is not None:
         torch.manual_seed(seed)
     was_training = model.training
