@@ -314,6 +314,8 @@ def make_trainer(impl: str, mode: str, size: str, updates: int, out_dir: str, ti
         train = data["unlabeled"].map(tok, batched=True, remove_columns=["prompt"])
         evals = data["eval"].map(tok, batched=True, remove_columns=["prompt"])
         policy, ref, reward, value = build_models(size, mode, impl, tokenizer)
+    if impl == "ours" and (overrides or {}).get("value_head_on_policy"):
+        value = None  # the value head sits on the policy; no value model is built for it
     models = [m for m in (policy, ref, reward, value) if m is not None]
     weights = {"n_models": len(models), "params": sum(count_parameters(m) for m in models),
                "param_bytes": sum(p.numel() * p.element_size() for m in models for p in m.parameters()),

@@ -189,6 +189,11 @@ def smollm2_main(args, argv) -> None:
                                                                       set=["value_head_on_policy=true"])),
     }
     raw: dict = {"peak_gflops": peak, "main": {k: [] for k in rows}, "sweep": {}}
+    if args.resume and args.json and Path(args.json).is_file():  # keep the runs an interrupted invocation saved
+        saved = json.loads(Path(args.json).read_text())
+        raw["peak_gflops"] = saved["peak_gflops"]
+        raw["main"].update({k: v for k, v in saved["main"].items() if k in rows})
+        raw["sweep"] = saved.get("sweep", {})
 
     def save():
         if args.json:
@@ -203,12 +208,16 @@ def smollm2_main(args, argv) -> None:
 
     for r in range(args.large_alternations):
         for name, (impl, mode, row) in rows.items():
+            if len(raw["main"][name]) > r:
+                continue
             raw["main"][name].append(run(name, impl, mode, row))
             save()
     if args.sweep:
         points = [dict(sm.BASE, response_length=n) for n in (48, 96)] + [dict(sm.BASE, batch=b) for b in (4, 16)]
         for row in points:
             key = f"B{row['batch']}_R{row['response_length']}"
+            if key in raw["sweep"]:
+                continue
             raw["sweep"][key] = {impl: run(f"{impl} {key}", impl, "full", row) for impl in ("ours", "trl112")}
             save()
     print(smollm2_report(raw, args, argv, sm))
@@ -329,6 +338,8 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads in every worker (same on both sides)")
     p.add_argument("--trl112-path", default=trl112_default())
     p.add_argument("--json", help="write every raw result here")
+    p.add_argument("--resume", action="store_true",
+                   help="smollm2: keep the runs already in --json and run only the missing ones")
     args = p.parse_args(argv)
     if args.model == "smollm2":
         sys.path.insert(0, str(Path(__file__).resolve().parent))

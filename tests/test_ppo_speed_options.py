@@ -323,6 +323,17 @@ def test_lm_head_gets_a_contiguous_input_and_the_same_logits(tok):
     assert torch.allclose(after, before, atol=1e-6)
 
 
+def test_every_sampling_path_gives_the_lm_head_a_contiguous_input(tok):
+    from icegrt_trl.ppo.generation import isolated_generation
+    from icegrt_trl.testbed import generate_completions
+
+    sampler, judged = (tiny_causal_lm("llama", tok, **SMALL) for _ in range(2))
+    with isolated_generation(sampler):  # the PPO rollout, RLP sampling, preference sampling and the KL estimate
+        pass
+    generate_completions(judged, tok, ["1 + 2 ="], max_new_tokens=2)  # the gold judge and the eval stage
+    assert sampler.lm_head._icegrt_contiguous_input and judged.lm_head._icegrt_contiguous_input
+
+
 def lora(**kw):
     from peft import LoraConfig
 
