@@ -223,7 +223,7 @@ class PPOConfig(_BaseConfig):
     merge_adapter_for_generation: bool = field(default=False, metadata={
         "help": "PEFT LoRA policies: fold the policy adapter into the base weights while generating, and copy the "
                 "base's exact weights back afterwards. Generation then runs plain Linear layers (on SmolLM2 on a "
-                "CPU: 4.4 to 2.0 s per rollout, docs/benchmarks.md); it holds one copy of the adapted weights "
+                "CPU: 3.5 to 2.4 s per rollout, docs/benchmarks.md); it holds one copy of the adapted weights "
                 "meanwhile (the plan counts it). Not possible on a 4-bit/8-bit base or a sharded one (DeepSpeed "
                 "ZeRO-3, FSDP): leave it False there. Log-probs always come from the training forward."})
     frozen_models_in_compute_dtype: bool = field(default=True, metadata={
