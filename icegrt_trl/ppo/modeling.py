@@ -174,7 +174,7 @@ def contiguous_lm_head_input(model: nn.Module) -> bool:
 
     With ``logits_to_keep`` transformers feeds the head ``hidden[:, -k:]``, a strided view. PyTorch's matmul cannot
     fold such a 3-D input into one 2-D product, so on a CPU it expands the ``[vocabulary, hidden]`` weight to one
-    copy per row and runs a batched product instead: for SmolLM2 (49k × 576) and 8 rows that is ~720 ms in bf16
+    copy per row and runs a batched product instead: for SmolLM2 (49k × 576) and 8 rows that is ~700 ms in bf16
     against 26 ms for the contiguous input, in every forward and in every ``generate`` prefill. A forward pre-hook
     copies the few kept positions instead (measured in docs/benchmarks.md)."""
     from .generation import innermost_generator
