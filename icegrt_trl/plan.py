@@ -397,8 +397,14 @@ def plan_recipe(recipe, ctx, prompt_length: int = 256) -> list[StagePlan]:
             if reward_spec == "gold":
                 p.components["reward model"] = 0
             if name == "rlp":
+                # one process refits the reward model, then runs PPO again: its peak is the larger of the two
+                refit = next((q for q in plans if q.stage == "reward"), None)
+                if refit is not None and refit.total > p.total:
+                    p = StagePlan(p.stage, dict(refit.components), list(refit.notes))
+                    p.notes.append("the reward refit is this stage's peak (its PPO part is planned under 'ppo')")
+                else:
+                    p.notes.append("its PPO part is this stage's peak (the reward refit is planned under 'reward')")
                 p.stage = "rlp (refit reward model, then PPO again)"
-                p.notes.append("the refit reward model is planned under 'reward'")
             plans.append(p)
         elif name == "sample_preferences":
             args = by_type["SamplePreferencesArguments"]

@@ -137,3 +137,17 @@ def test_pipeline_refuses_a_recipe_the_gpu_cannot_hold(tmp_path, capsys, monkeyp
     err = capsys.readouterr().err
     assert "does not fit in 1 GiB" in err and "Lower per_device_train_batch_size" in err
     assert not (out / "sft").exists()
+
+
+def test_rlp_is_planned_at_the_larger_of_its_reward_refit_and_its_ppo():
+    """The rlp stage refits the reward model and runs PPO in one process; SmolLM2's GRM refit (LM head kept, 160
+    tokens × 16) is the larger part, so the rlp plan is the reward plan, and not the PPO plan it was before."""
+    from icegrt_trl.cli import RunContext, load_recipe
+    from icegrt_trl.plan import plan_recipe
+
+    recipe = load_recipe("recipes/smollm2-cpu.yaml")
+    plans = {p.stage.split(" ")[0]: p for p in plan_recipe(recipe, RunContext.from_recipe(recipe, None),
+                                                          prompt_length=64)}
+    assert plans["reward"].total > plans["ppo"].total
+    assert plans["rlp"].components == plans["reward"].components
+    assert "the reward refit is this stage's peak" in plans["rlp"].notes[-1]
