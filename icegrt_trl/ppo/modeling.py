@@ -59,6 +59,17 @@ def adapter_scope(model, adapter_name: str | None, layers: list | None = None):
         _set_adapter_state(layers, saved)
 
 
+def is_quantized(model) -> bool:
+    """Whether ``model``'s weights are bitsandbytes 4-bit or 8-bit (they cannot be moved, cast or merged into)."""
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
+def lora_layers_of(layers: list, adapter_name: str) -> list:
+    """The LoRA layers among ``layers`` that hold ``adapter_name`` (not ``modules_to_save`` wrappers, nor layers the
+    adapter does not touch)."""
+    return [m for m in layers if adapter_name in getattr(m, "lora_A", {}) and hasattr(m, "merge")]
+
+
 @contextlib.contextmanager
 def merged_adapter(layers: list, adapter_name: str):
     """Fold ``adapter_name`` into its layers' base weights for the duration, then put the base's exact weights back.
@@ -70,9 +81,7 @@ def merged_adapter(layers: list, adapter_name: str):
     held meanwhile). Inside the scope, layers that merged run their base layer only, whatever adapter is active."""
     saved = []
     try:
-        for m in layers:
-            if adapter_name not in getattr(m, "lora_A", {}) or not hasattr(m, "merge"):
-                continue  # modules_to_save wrappers and layers the adapter does not touch
+        for m in lora_layers_of(layers, adapter_name):
             if m.merged:
                 raise RuntimeError(f"{type(m).__name__} already has merged adapters {m.merged_adapters}; "
                                    "merged_adapter expects unmerged layers")

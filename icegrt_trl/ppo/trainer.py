@@ -35,8 +35,8 @@ from .generation import isolated_generation, log_ignored_generation_settings, ro
 from .checkpoints import (load_policy_and_value, load_rollout, read_ppo_state, save_policy_and_value, save_rollout,
                           write_ppo_state)
 from .modeling import (PolicyAndValue, adapter_scope, assemble_models, attention_implementation,
-                       contiguous_lm_head_input, hold_matmul_weights_in, logits_kwargs, merged_adapter,
-                       position_ids_from, use_eager_attention)
+                       contiguous_lm_head_input, hold_matmul_weights_in, is_quantized, logits_kwargs,
+                       lora_layers_of, merged_adapter, position_ids_from, use_eager_attention)
 from .plugins import HOOK_NAMES, run_hooks
 from .rewards import build_reward_sources
 
@@ -218,15 +218,14 @@ class PPOTrainer(_BaseTrainer):
         if not self.is_peft:
             raise ValueError("merge_adapter_for_generation=True needs a PEFT LoRA policy (pass peft_config= or a "
                              f"PeftModel); this policy has no adapter to merge. {fix}")
-        base = wrapper.policy.get_base_model()
-        if getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False):
+        if is_quantized(wrapper.policy.get_base_model()):
             raise ValueError("merge_adapter_for_generation=True cannot merge the LoRA adapter into a 4-bit/8-bit "
                              f"quantized base exactly (QLoRA). {fix}")
         if self.is_fsdp_enabled or (self.is_deepspeed_enabled and
                                     self.accelerator.state.deepspeed_plugin.zero_stage == 3):
             raise ValueError("merge_adapter_for_generation=True cannot merge into weights sharded across processes "
                              f"(FSDP, DeepSpeed ZeRO-3). {fix}")
-        if not any(self.policy_adapter in getattr(m, "lora_A", {}) for m in wrapper._layers):
+        if not lora_layers_of(wrapper._layers, self.policy_adapter):
             raise ValueError(f"merge_adapter_for_generation=True: the policy adapter {self.policy_adapter!r} has no "
                              f"LoRA layers (another PEFT method?). {fix}")
 
@@ -241,7 +240,7 @@ class PPOTrainer(_BaseTrainer):
             from trl.models import prepare_fsdp
 
             return prepare_fsdp(model, self.accelerator)
-        if not getattr(model, "is_loaded_in_4bit", False) and not getattr(model, "is_loaded_in_8bit", False):
+        if not is_quantized(model):
             model.to(self.accelerator.device)
         if dtype is not None:
             hold_matmul_weights_in(model, dtype)
