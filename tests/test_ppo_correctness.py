@@ -107,14 +107,16 @@ def test_rollout_ignores_the_models_generation_settings(tmp_path, prompts, caplo
 
 
 # ---------------------------------------------------------------- 3. one autocast: step-0 KL exactly 0 under bf16
+@pytest.mark.parametrize("mini_batches", [1, 2])  # 1: the old log-probs come from the first training forward
 @pytest.mark.parametrize("variant", ["full", "full_bf16_weights", "lora"])
-def test_step0_kl_is_exactly_zero_with_bf16(tmp_path, prompts, variant):
+def test_step0_kl_is_exactly_zero_with_bf16(tmp_path, prompts, variant, mini_batches):
     tok = build_tokenizer()
     model = tiny_causal_lm("llama", tok, **SMALL)
     if variant == "full_bf16_weights":
         model = model.to(torch.bfloat16)
     peft = lora(init_lora_weights=True) if variant == "lora" else None  # B = 0: policy = reference at step 0
-    t = PPOTrainer(args=cfg(tmp_path, bf16=True, max_steps=1, per_device_train_batch_size=8),
+    t = PPOTrainer(args=cfg(tmp_path, bf16=True, max_steps=1, per_device_train_batch_size=8,
+                            num_mini_batches=mini_batches),
                    processing_class=tok, model=model, reward_model=gold_reward, train_dataset=prompts,
                    peft_config=peft)
     t.train()

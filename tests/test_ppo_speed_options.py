@@ -209,9 +209,10 @@ def test_value_head_on_policy_one_forward_gives_logits_and_values(tmp_path, tok,
     body.register_forward_hook(count, with_kwargs=True)
     t.train()
     b = t._last_rollout
-    # full-sequence forwards of the policy's body (not generation's): one for policy + values in the rollout, one in
-    # the training step, and under PEFT the reference's (adapters off, same body); no value forward anywhere
-    assert lengths.count(b["query_responses"].shape[1]) == 2 + peft
+    # full-sequence forwards of the policy's body (not generation's): one for policy + values in the training step
+    # (the rollout reuses it: one micro-batch per rollout) and under PEFT the reference's (adapters off, same body);
+    # no value forward anywhere
+    assert lengths.count(b["query_responses"].shape[1]) == 1 + peft
     # the rollout's values are the head on the policy's last hidden state (the value model run on its own)
     alone, rollout_values = hook.alone
     assert not torch.equal(rollout_values, torch.zeros_like(rollout_values))
@@ -415,3 +416,64 @@ def test_merge_adapter_for_generation_refuses_what_it_cannot_merge(tmp_path, tok
     t.is_fsdp_enabled, t.policy_adapter = False, "ia3"  # an adapter without LoRA layers
     with pytest.raises(ValueError, match=r"the policy adapter 'ia3' has no LoRA layers"):
         t._check_merge_for_generation(t.model)
+
+
+# ---------------------------------------------------------------- the first training forward as the rollout's
+@pytest.mark.parametrize("kw, reused", [
+    ({}, True),  # one micro-batch holds the rollout
+    ({"reuse_first_training_forward": False}, False),
+    ({"num_mini_batches": 2, "max_steps": 4}, False),  # the second mini-batch's rows would see moved weights
+    ({"gradient_accumulation_steps": 2, "per_device_train_batch_size": 2}, False),  # two micro-batches
+    ({"value_warmup_steps": 2}, False),  # warm-up runs no policy forward in training
+])
+def test_first_training_forward_supplies_the_rollouts_logprobs_and_values_when_it_can(tmp_path, tok, prompts, kw,
+                                                                                       reused):
+    t = PPOTrainer(args=cfg(tmp_path, **kw), processing_class=tok, model=tiny_causal_lm("llama", tok, **SMALL),
+                   reward_model=gold_reward, train_dataset=prompts)
+    calls = []
+    t.model.value_model.register_forward_hook(lambda *a: calls.append(1))
+    t.train()
+    assert t._rollouts_done == 1
+    micro_steps = t.state.global_step * t.args.gradient_accumulation_steps
+    assert len(calls) - micro_steps == (0 if reused else 1)  # the rollout's own value forward, or none
+
+
+def test_reusing_the_first_training_forward_changes_cost_not_results(tmp_path, tok, prompts):
+    runs = {}
+    for reuse in (True, False):
+        t = PPOTrainer(args=cfg(tmp_path / str(reuse), reuse_first_training_forward=reuse),
+                       processing_class=tok, model=tiny_causal_lm("llama", tok, **SMALL), reward_model=gold_reward,
+                       train_dataset=prompts)
+        t.train()
+        runs[reuse] = t
+    a, b = runs[True]._last_rollout, runs[False]._last_rollout
+    assert torch.equal(a["responses"], b["responses"])  # the same samples
+    for key in ("logprobs", "ref_logprobs", "values", "advantages", "returns"):
+        assert torch.allclose(a[key], b[key], atol=1e-5), key
+    la, lb = (metrics_of(runs[r].state.log_history) for r in (True, False))
+    assert la[1]["val/ratio"] == 1.0 and la[1]["policy/approxkl_avg"] == 0.0  # old log-probs = this forward's
+    for step in (1, 2):
+        for key in ("loss/policy_avg", "loss/value_avg", "objective/kl", "val/ratio"):
+            assert la[step][key] == pytest.approx(lb[step][key], rel=1e-3, abs=1e-6), (step, key)
+
+
+def metrics_of(history):
+    return {h["step"]: h for h in history if "loss/value_avg" in h}
+
+
+def test_resume_inside_a_rollout_made_from_the_first_training_forward(tmp_path, tok, prompts):
+    kw = dict(max_steps=4, save_strategy="steps", save_steps=1, reward_scaling="running_meanstd")
+    full = PPOTrainer(args=cfg(tmp_path / "a", **kw), processing_class=tok,
+                      model=tiny_causal_lm("llama", tok, **SMALL), reward_model=gold_reward, train_dataset=prompts)
+    full.train()
+    assert full._reuses_first_training_forward()
+    resumed = PPOTrainer(args=cfg(tmp_path / "b", **kw), processing_class=tok,
+                         model=tiny_causal_lm("llama", tok, **SMALL), reward_model=gold_reward,
+                         train_dataset=prompts)
+    # checkpoint-1 lies inside the first rollout: its buffer (finished by step 1's forward) comes back; step 3
+    # starts a new rollout, again finished by its first training forward
+    resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-1"))
+    a, b = metrics_of(full.state.log_history), metrics_of(resumed.state.log_history)
+    for step in (2, 3, 4):
+        for key in ("loss/policy_avg", "loss/value_avg", "objective/kl", "objective/scores", "val/ratio"):
+            assert b[step][key] == pytest.approx(a[step][key], rel=1e-4, abs=1e-6), (step, key)

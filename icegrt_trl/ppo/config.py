@@ -127,7 +127,9 @@ class PPOConfig(_BaseConfig):
                 "Needed (≥ 2) by advantage_normalization='group'."})
     local_rollout_forward_batch_size: int = field(default=64, metadata={
         "help": "Rows per chunk of the no-grad work of a rollout (generation, old/reference log-probs, values, reward "
-                "scores); lower it if the rollout runs out of memory. Does not change results."})
+                "scores); lower it if the rollout runs out of memory. Does not change results. When the rollout reuses the first "
+                "training forward (reuse_first_training_forward), the reference forward runs on all its rows at once, "
+                "the shape of that training forward."})
     # ---------------------------------------------------------------- sampling (the only settings the rollout uses)
     response_length: int = field(default=53, metadata={
         "help": "Maximum new tokens per response (trl 1.12's default 53). Responses stop earlier at the stop token."})
@@ -226,6 +228,12 @@ class PPOConfig(_BaseConfig):
                 "CPU: 3.5 to 2.4 s per rollout, docs/benchmarks.md); it holds one copy of the adapted weights "
                 "meanwhile (the plan counts it). Not possible on a 4-bit/8-bit base or a sharded one (DeepSpeed "
                 "ZeRO-3, FSDP): leave it False there. Log-probs always come from the training forward."})
+    reuse_first_training_forward: bool = field(default=True, metadata={
+        "help": "When one micro-batch holds the whole rollout (num_mini_batches=1 and gradient_accumulation_steps=1), "
+                "take the old log-probs and values from the first training forward (the weights have not moved yet) "
+                "instead of a forward of their own in the rollout, as TRL's GRPO does with num_iterations=1. Saves two "
+                "of the rollout's four forwards; the first PPO ratio is exactly 1 either way. Not used during value "
+                "warm-up (no policy forward then). False: always the separate rollout forward."})
     frozen_models_in_compute_dtype: bool = field(default=True, metadata={
         "help": "Under bf16/fp16: store the frozen reward and reference models' fp32 Linear weights in that dtype once "
                 "(the same bits autocast computes with), instead of casting them on every forward; embeddings and "

@@ -63,6 +63,7 @@ def response_logprobs(logits: torch.Tensor, responses: torch.Tensor, temperature
     return selective_log_softmax(logits.float() / (temperature + 1e-7), responses)
 
 
+_SAMPLE_KEYS = ("query_responses", "query_response_mask", "responses", "response_mask")
 _TENSOR_KEYS = ("query_responses", "query_response_mask", "responses", "response_mask", "logprobs",
                 "ref_logprobs", "values", "advantages", "returns")
 
@@ -380,6 +381,13 @@ class PPOTrainer(_BaseTrainer):
         if k == 0 or self._buffer is None:
             if k != 0:
                 warnings.warn("Resumed in the middle of a rollout without its saved buffer; generating a new one.")
+            if k == 0 and self._reuses_first_training_forward():
+                # the rollout is finished in compute_loss, from this micro-step's forward (see _ppo_loss)
+                self._buffer = None
+                pending = self._rollout(generation_batch, policy_forward=False)
+                mb = {key: pending[key] for key in _SAMPLE_KEYS}
+                mb.update(context_length=pending["context_length"], pending_rollout=pending)
+                return mb
             self._buffer = self._rollout(generation_batch)
         epoch, j = divmod(k, self.micro_steps_per_epoch)
         b = self.args.local_micro_batch_size
@@ -387,6 +395,12 @@ class PPOTrainer(_BaseTrainer):
         mb = {key: self._buffer[key][idx] for key in _TENSOR_KEYS}
         mb["context_length"] = self._buffer["context_length"]
         return mb
+
+    def _reuses_first_training_forward(self) -> bool:
+        """Whether this rollout's old log-probs and values come from its first training forward: one micro-batch
+        holds the whole rollout, so that forward runs on every row before any optimizer step."""
+        return (self.args.reuse_first_training_forward and self.micro_steps_per_epoch == 1
+                and not self.value_warmup.active)
 
     def _unwrapped(self) -> PolicyAndValue:
         return self.accelerator.unwrap_model(self.model)
@@ -446,26 +460,30 @@ class PPOTrainer(_BaseTrainer):
         return out[:, :longest]
 
     @torch.no_grad()
-    def _forward_logprobs_values(self, wrapper, qr, mask, context_length, responses, with_entropy: bool = True):
-        """Old log-probs, reference log-probs, values and (``with_entropy``) token entropies of a rollout, in chunks.
+    def _forward_logprobs_values(self, wrapper, qr, mask, context_length, responses, with_entropy: bool = True,
+                                 policy: bool = True):
+        """Old log-probs, reference log-probs, values and (``with_entropy``) token entropies of a rollout, in chunks
+        of ``local_rollout_forward_batch_size`` rows. ``policy=False``: the reference log-probs alone, in one chunk
+        (the shape of the training forward that will supply the rest, so that the step-0 KL is exactly 0).
 
-        The old log-probs take their own forward rather than the scores ``generate`` returns: the KV-cached decode
+        The old log-probs take a forward rather than the scores ``generate`` returns: the KV-cached decode
         computes them with other kernels and shapes, so they are not bit-equal to the training forward's and the
         first PPO ratio would not be exactly 1."""
         args = self.args
         lps, refs, vals, ents = [], [], [], []
-        bs = args.local_rollout_forward_batch_size
+        bs = args.local_rollout_forward_batch_size if policy else qr.shape[0]
         keep = responses.shape[1] + 1  # logits at positions context_length-1 … end-1 (responses are right-aligned)
         for i in range(0, qr.shape[0], bs):
             ids, m = qr[i:i + bs], mask[i:i + bs]
             pos = position_ids_from(m)
-            logits, values = wrapper(ids, m, pos, logits_to_keep=keep)
-            logits = logits[:, -keep:-1]
-            lps.append(response_logprobs(logits, responses[i:i + bs], args.temperature))
-            if with_entropy:
-                ents.append(response_entropies(logits, args.temperature))
-            del logits
-            vals.append(values[:, context_length - 1:-1].float())
+            if policy:
+                logits, values = wrapper(ids, m, pos, logits_to_keep=keep)
+                logits = logits[:, -keep:-1]
+                lps.append(response_logprobs(logits, responses[i:i + bs], args.temperature))
+                if with_entropy:
+                    ents.append(response_entropies(logits, args.temperature))
+                del logits
+                vals.append(values[:, context_length - 1:-1].float())
             if self.ref_model is not None:
                 ref_logits = self.ref_model(input_ids=ids, attention_mask=m, position_ids=pos, use_cache=False,
                                             **logits_kwargs(self.ref_model, keep)).logits
@@ -476,6 +494,8 @@ class PPOTrainer(_BaseTrainer):
             refs.append(response_logprobs(ref_logits[:, -keep:-1], responses[i:i + bs], args.temperature))
             del ref_logits
         entropies = torch.cat(ents).float() if ents else None
+        if not policy:
+            return None, torch.cat(refs).float(), None, None
         return torch.cat(lps).float(), torch.cat(refs).float(), torch.cat(vals), entropies
 
     def _score(self, batch: dict, record: bool = False) -> torch.Tensor:
@@ -525,7 +545,9 @@ class PPOTrainer(_BaseTrainer):
         }
 
     @torch.no_grad()
-    def _rollout(self, rows: list[dict]) -> dict:
+    def _rollout(self, rows: list[dict], policy_forward: bool = True) -> dict:
+        """The rollout's buffer; ``policy_forward=False``: only its samples and reference log-probs, to be finished
+        by :meth:`_finish_rollout` with the first training forward's log-probs and values."""
         # One autocast for every forward of the rollout (generation, policy, reference, value, reward) and of
         # training (compute_loss): with policy = reference the step-0 KL is then exactly 0 under bf16.
         wrapper = self._unwrapped()
@@ -533,21 +555,49 @@ class PPOTrainer(_BaseTrainer):
         wrapper.eval()
         try:
             with self.accelerator.autocast():
-                return self._rollout_in_eval(wrapper, rows)
+                return self._rollout_in_eval(wrapper, rows, policy_forward)
         finally:
             wrapper.train(was_training)
 
-    def _rollout_in_eval(self, wrapper: PolicyAndValue, rows: list[dict]) -> dict:
+    def _rollout_in_eval(self, wrapper: PolicyAndValue, rows: list[dict], policy_forward: bool = True) -> dict:
+        k = self.args.num_samples_per_prompt
+        batch = self._sample_batch([r for r in rows for _ in range(k)])
+        logprobs, ref_logprobs, values, entropies = self._forward_logprobs_values(
+            wrapper, batch["query_responses"], batch["query_response_mask"], batch["context_length"],
+            batch["responses"], with_entropy=self._will_log(self.state.global_step, self.args.steps_per_rollout),
+            policy=policy_forward)
+        batch["ref_logprobs"] = ref_logprobs
+        if not policy_forward:
+            return batch
+        return self._finish_rollout(batch, logprobs, values, entropies)
+
+    def _finish_pending_rollout(self, pending: dict, logprobs: torch.Tensor, values: torch.Tensor,
+                                logits: torch.Tensor) -> dict:
+        """Finish a rollout from the first training forward's (detached) log-probs and values, in the rollout's
+        mode (eval, no gradients); the epoch-0 micro-batch is then every row in order."""
+        wrapper = self._unwrapped()
+        was_training = wrapper.training
+        wrapper.eval()
+        try:
+            with torch.no_grad():
+                entropies = response_entropies(logits, self.args.temperature).float() \
+                    if self._will_log(self.state.global_step, self.args.steps_per_rollout) else None
+                buffer = self._finish_rollout(pending, logprobs.detach().float(), values.detach().float(), entropies)
+        finally:
+            wrapper.train(was_training)
+        buffer["perms"][0] = torch.arange(buffer["responses"].shape[0], device=buffer["responses"].device)
+        return buffer
+
+    def _finish_rollout(self, batch: dict, logprobs: torch.Tensor, values: torch.Tensor,
+                        entropies: torch.Tensor | None) -> dict:
+        """Scores, rewards, advantages, KL control, hooks and metrics of a sampled batch with its log-probs and
+        values; returns the buffer the PPO epochs read."""
         args, tok, device = self.args, self.processing_class, self.accelerator.device
         k = args.num_samples_per_prompt
-        rows = [r for r in rows for _ in range(k)]
-        batch = self._sample_batch(rows)
-        width, rmask = batch["context_length"], batch["response_mask"]
-        logprobs, ref_logprobs, values, entropies = self._forward_logprobs_values(
-            wrapper, batch["query_responses"], batch["query_response_mask"], width, batch["responses"],
-            with_entropy=self._will_log(self.state.global_step, args.steps_per_rollout))
+        rows = batch["prompts"]
+        rmask = batch["response_mask"]
         maskf = rmask.float()
-        batch.update(logprobs=logprobs * maskf, ref_logprobs=ref_logprobs * maskf, values=values * maskf)
+        batch.update(logprobs=logprobs * maskf, ref_logprobs=batch["ref_logprobs"] * maskf, values=values * maskf)
         batch = run_hooks(self.hooks, "on_rollout", batch, self)
         scores = self._score(batch, record=True)
         if args.missing_eos_penalty is not None:
@@ -619,6 +669,12 @@ class PPOTrainer(_BaseTrainer):
         logits, values = model(inputs["query_responses"], inputs["query_response_mask"], policy=not warm,
                                logits_to_keep=keep)
         vpred = values[:, c - 1:-1].float()
+        if not warm:
+            logits = logits[:, -keep:-1]
+            new_logprobs = response_logprobs(logits, inputs["responses"], args.temperature)
+        if "pending_rollout" in inputs:  # the old log-probs and values are this forward's (reuse_first_training_forward)
+            self._buffer = self._finish_pending_rollout(inputs["pending_rollout"], new_logprobs, vpred, logits)
+            inputs = {key: self._buffer[key] for key in _TENSOR_KEYS}
         value_loss = core.lookup("value_loss", args.value_loss_type)
         vf_loss, vstats = value_loss(vpred, inputs["values"], inputs["returns"], mask,
                                      cliprange_value=args.cliprange_value)
@@ -627,8 +683,6 @@ class PPOTrainer(_BaseTrainer):
         record("loss/value_avg", vf_loss)
         record("val/clipfrac_avg", vstats["clipfrac"])
         if not warm:
-            logits = logits[:, -keep:-1]
-            new_logprobs = response_logprobs(logits, inputs["responses"], args.temperature)
             policy_loss = core.lookup("policy_loss", args.policy_loss_type)
             pg_loss, pstats = policy_loss(new_logprobs, inputs["logprobs"], inputs["advantages"], mask,
                                           cliprange=args.cliprange)
