@@ -192,6 +192,8 @@ class PhaseTimer:
         for obj in {id(policy): policy, id(getattr(policy, "get_base_model", lambda: policy)()):
                     getattr(policy, "get_base_model", lambda: policy)()}.values():
             obj.generate = self.timed("generation", obj.generate)
+        if hasattr(trainer, "_generate_with_vllm"):  # ours with use_vllm: the server's sampling, HTTP included
+            trainer._generate_with_vllm = self.timed("generation", trainer._generate_with_vllm)
         torch.Tensor.backward = self.timed("backward", torch.Tensor.backward)
         gc.collect = self.timed("gc.collect", gc.collect)
         torch.cuda.empty_cache = self.timed("empty_cache", torch.cuda.empty_cache)
@@ -303,6 +305,12 @@ def lora_config():
                       target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
 
 
+def timer_response_tokens(trainer) -> float | None:
+    """Mean response tokens per row of the last rollout (ours: its buffer; trl 1.12 keeps none): the work check."""
+    last = getattr(trainer, "_last_rollout", None)
+    return float(last["response_mask"].sum(1).float().mean()) if last is not None else None
+
+
 def make_trainer(impl: str, mode: str, size: str, updates: int, out_dir: str, timer: UpdateTimer,
                  overrides: dict | None = None, base_dtype: str = "float32"):
     if size == "smollm2":
@@ -360,6 +368,8 @@ def main(argv=None) -> None:
     p.add_argument("--gradient-checkpointing", action="store_true", help="ours only: recompute activations")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="ours only: further PPOConfig fields (values parsed as YAML), e.g. value_head_on_policy=true")
+    p.add_argument("--full-length", action="store_true",
+                   help="equal work: no stop token, every sample runs to response_length in both trainers")
     p.add_argument("--updates", type=int, default=4, help="PPO updates, the first one is warm-up (not timed)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (same on both sides)")
     p.add_argument("--profile", help="write cProfile stats of train() to this path")
@@ -390,8 +400,16 @@ def main(argv=None) -> None:
 
             key, _, value = item.partition("=")
             overrides[key] = yaml.safe_load(value)
+        if args.full_length:
+            # no stop token: our rollout then samples response_length tokens; trl 1.12's generate would still stop
+            # at the EOS of the model's generation_config (transformers fills unset fields from it), so it is unset
+            overrides.update(stop_token=None, missing_eos_penalty=None)
         trainer, weights, models = make_trainer(args.impl, args.mode, args.size, args.updates, out_dir, timer,
                                                 overrides, args.base_dtype)
+        if args.full_length:
+            for m in (models["policy"], models["ref"]):
+                if m is not None and getattr(m, "generation_config", None) is not None:
+                    m.generation_config.eos_token_id = None
         if phases:
             phases.install(trainer, models)
         gc.collect()
@@ -415,7 +433,8 @@ def main(argv=None) -> None:
         "impl": args.impl, "mode": args.mode, "size": args.size, "trl": trl.__version__,
         "settings": {k: getattr(trainer.args, k, None) for k in (
             "per_device_train_batch_size", "response_length", "num_ppo_epochs", "num_mini_batches", "bf16",
-            "gradient_checkpointing", "value_head_on_policy", "merge_adapter_for_generation")},
+            "gradient_checkpointing", "value_head_on_policy", "merge_adapter_for_generation", "stop_token")},
+        "full_length": args.full_length, "response_tokens": timer_response_tokens(trainer),
         "pad_token": trainer.processing_class.pad_token, "eos_token": trainer.processing_class.eos_token,
         "base_dtype": args.base_dtype,
         "transformers": transformers.__version__, "torch": torch.__version__, "threads": args.threads,

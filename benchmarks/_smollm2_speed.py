@@ -71,6 +71,8 @@ def worker_args(row: dict) -> list[str]:
         a.append("--gradient-checkpointing")
     if row.get("set"):
         a += ["--set", *row["set"]]
+    if row.get("full_length"):
+        a.append("--full-length")
     return a
 
 

@@ -188,7 +188,14 @@ def smollm2_main(args, argv) -> None:
         "ours bf16, value head on the policy": ("ours", "full", dict(sm.BASE, bf16=True,
                                                                       set=["value_head_on_policy=true"])),
     }
-    raw: dict = {"peak_gflops": peak, "main": {k: [] for k in rows}, "sweep": {}}
+    if args.full_length:
+        rows = {k: (impl, mode, dict(row, full_length=True)) for k, (impl, mode, row) in rows.items()}
+    if args.rows:
+        unknown = set(args.rows) - set(rows)
+        if unknown:
+            raise SystemExit(f"--rows: unknown {sorted(unknown)}; the rows are {list(rows)}")
+        rows = {k: v for k, v in rows.items() if k in args.rows}
+    raw: dict = {"peak_gflops": peak, "main": {k: [] for k in rows}, "sweep": {}, "full_length": args.full_length}
     if args.resume and args.json and Path(args.json).is_file():  # keep the runs an interrupted invocation saved
         saved = json.loads(Path(args.json).read_text())
         raw["peak_gflops"] = saved["peak_gflops"]
@@ -213,7 +220,8 @@ def smollm2_main(args, argv) -> None:
             raw["main"][name].append(run(name, impl, mode, row))
             save()
     if args.sweep:
-        points = [dict(sm.BASE, response_length=n) for n in (48, 96)] + [dict(sm.BASE, batch=b) for b in (4, 16)]
+        base = dict(sm.BASE, full_length=True) if args.full_length else sm.BASE
+        points = [dict(base, response_length=n) for n in (48, 96)] + [dict(base, batch=b) for b in (4, 16)]
         for row in points:
             key = f"B{row['batch']}_R{row['response_length']}"
             if key in raw["sweep"]:
@@ -338,6 +346,9 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads in every worker (same on both sides)")
     p.add_argument("--trl112-path", default=trl112_default())
     p.add_argument("--json", help="write every raw result here")
+    p.add_argument("--full-length", action="store_true",
+                   help="smollm2: equal work, every sample runs to response_length in both trainers (no stop token)")
+    p.add_argument("--rows", nargs="*", help="smollm2: run only these rows (names as printed)")
     p.add_argument("--resume", action="store_true",
                    help="smollm2: keep the runs already in --json and run only the missing ones")
     args = p.parse_args(argv)

@@ -17,11 +17,13 @@ from typing import Sequence
 from .recipe import Recipe, RecipeError, load_recipe
 from .stages import STAGE_REGISTRY, StageNotAvailable, get_stage
 from .stages.base import RunContext, Stage, apply_env, check_section_keys, run_stage, section_for
+from .vllm_serve import VLLMNotInstalled
 
 STAGE_COMMANDS = tuple(STAGE_REGISTRY)
-COMMANDS = STAGE_COMMANDS + ("pipeline", "plan")
+COMMANDS = STAGE_COMMANDS + ("pipeline", "plan", "vllm-serve")
 PIPELINE_HELP = "run every stage of a recipe and write report.md"
 PLAN_HELP = "memory plan of each stage of a recipe, and whether it fits a GPU (loads nothing)"
+VLLM_SERVE_HELP = "start a vLLM server for PPO rollouts (PPOConfig.use_vllm), with the settings the trainer expects"
 
 
 class CLIError(Exception):
@@ -239,6 +241,7 @@ def build_main_parser() -> argparse.ArgumentParser:
         sub.add_parser(name, help=get_stage(name).help, add_help=False)
     sub.add_parser("pipeline", help=PIPELINE_HELP, add_help=False)
     sub.add_parser("plan", help=PLAN_HELP, add_help=False)
+    sub.add_parser("vllm-serve", help=VLLM_SERVE_HELP, add_help=False)
     return p
 
 
@@ -263,9 +266,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_pipeline(rest)
         elif command == "plan":
             return run_plan(rest)
+        elif command == "vllm-serve":
+            from .vllm_serve import main as vllm_serve
+
+            return vllm_serve(rest)
         else:
             run_stage_command(command, rest)
-    except (RecipeError, StageNotAvailable, CLIError) as err:
+    except (RecipeError, StageNotAvailable, CLIError, VLLMNotInstalled) as err:
         print(f"icegrt-trl: error: {err}", file=sys.stderr)
         return 2
     except SystemExit as exit_:  # argparse's --help and usage errors

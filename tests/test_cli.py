@@ -87,7 +87,7 @@ def test_reference_to_a_stage_that_did_not_run(tmp_path, capsys):
 def test_commands_come_from_the_stage_registry(capsys):
     from icegrt_trl.stages import STAGE_REGISTRY, get_stage
 
-    assert COMMANDS == (*STAGE_REGISTRY, "pipeline", "plan")
+    assert COMMANDS == (*STAGE_REGISTRY, "pipeline", "plan", "vllm-serve")
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     for name in STAGE_REGISTRY:

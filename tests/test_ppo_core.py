@@ -132,3 +132,21 @@ def test_explained_variance_hand_computed():
     assert core.explained_variance(values, returns, mask).item() == pytest.approx(0.85)
     assert core.explained_variance(returns, returns, mask).item() == pytest.approx(1.0)
     assert core.explained_variance(torch.zeros_like(returns), torch.ones_like(returns), mask).item() == 0.0
+
+
+def test_engine_importance_weights_hand_computed():
+    lp = t([[-1.0, -2.0, -0.5], [-1.0, -1.0, -3.0]])  # the trainer's old log-probs
+    elp = t([[-1.5, -1.0, -0.5], [-1.0, -3.0, 9.0]])  # the engine's; 9.0 sits on padding
+    m = t([[1, 1, 1], [1, 1, 0]])
+    # per-token log-ratios: [0.5, -1, 0] and [0, 2, (0: padding)]
+    w = core.engine_importance_weights(lp, elp, m, "token_truncate", clip_max=3.0)
+    assert torch.allclose(w, t([[math.exp(0.5), math.exp(-1), 1.0], [1.0, 3.0, 1.0]]))
+    w = core.engine_importance_weights(lp, elp, m, "token_mask", clip_min=0.5, clip_max=3.0)
+    assert torch.allclose(w, t([[math.exp(0.5), 0.0, 1.0], [1.0, 0.0, 1.0]]))
+    # one weight per sequence from the summed log-ratio: -0.5 and 2
+    w = core.engine_importance_weights(lp, elp, m, "sequence_truncate", clip_max=3.0)
+    assert torch.allclose(w, t([[math.exp(-0.5)] * 3, [3.0] * 3]))
+    w = core.engine_importance_weights(lp, elp, m, "sequence_mask", clip_max=3.0)
+    assert torch.allclose(w, t([[math.exp(-0.5)] * 3, [0.0] * 3]))
+    with pytest.raises(ValueError, match="token_truncate, token_mask"):
+        core.engine_importance_weights(lp, elp, m, "tokens")

@@ -243,6 +243,45 @@ class PPOConfig(_BaseConfig):
         "help": "On a CPU with bf16: switch the models from SDPA to eager attention. PyTorch's CPU SDPA backward in "
                 "bf16 is about 6x slower than eager attention's at chat lengths (docs/benchmarks.md). No effect on "
                 "GPUs or in fp32."})
+    # ---------------------------------------------------------------- vLLM rollouts (GRPOConfig's names)
+    use_vllm: bool = field(default=False, metadata={
+        "help": "Sample the rollouts with a vLLM server instead of model.generate (docs/vllm.md). Needs a PEFT LoRA "
+                "policy: after each update its adapter is written and hot-loaded into the server. Start the server "
+                "with `icegrt-trl vllm-serve BASE_MODEL`."})
+    vllm_mode: str = field(default="server", metadata={
+        "help": "'server': the trainer sends generation requests to a vLLM server over HTTP (the only mode built). "
+                "'colocate' (vLLM inside the training process, as GRPO's default) is not available yet: it is "
+                "refused with a message."})
+    vllm_server_base_url: str | None = field(default=None, metadata={
+        "help": "Base URL of the vLLM server, e.g. http://127.0.0.1:8000. If set, vllm_server_host and "
+                "vllm_server_port are ignored."})
+    vllm_server_host: str = field(default="127.0.0.1", metadata={
+        "help": "Host of the vLLM server; ignored if vllm_server_base_url is set."})
+    vllm_server_port: int = field(default=8000, metadata={
+        "help": "Port of the vLLM server; ignored if vllm_server_base_url is set."})
+    vllm_server_timeout: float = field(default=240.0, metadata={
+        "help": "Seconds to wait for the vLLM server to come up when the trainer starts; then a ConnectionError "
+                "names the URL and how to start the server."})
+    vllm_request_timeout: float = field(default=600.0, metadata={
+        "help": "Seconds one generation or adapter request to the vLLM server may take before a TimeoutError (no "
+                "weights change before it). A CPU server's first request is slow (its warm-up)."})
+    vllm_adapter_dir: str | None = field(default=None, metadata={
+        "help": "Folder where the policy adapter is written for the server to load after each update; the server "
+                "must be able to read it (same machine, or a shared file system). Default: "
+                "<output_dir>/vllm_adapters. Only the latest adapter is kept."})
+    vllm_importance_sampling_correction: bool = field(default=True, metadata={
+        "help": "Correct for the engine's sampler not being the trainer's forward: weight each token's policy loss "
+                "by π_trainer/π_engine of the old policy, as GRPO does (the weight multiplies the advantages, "
+                "which for the clipped surrogate is the same). The engine/trainer log-prob gap is logged either "
+                "way (vllm/*)."})
+    vllm_importance_sampling_mode: str = field(default="token_truncate", metadata={
+        "help": "'token_truncate' (truncated IS: per-token weights clamped to [clip_min, clip_max]), "
+                "'token_mask' (tokens outside get weight 0), 'sequence_truncate' or 'sequence_mask' (one weight per "
+                "sequence from the summed log-ratio). GRPO's default is 'sequence_mask'."})
+    vllm_importance_sampling_clip_max: float | None = field(default=3.0, metadata={
+        "help": "Upper bound C_max of the importance weights (truncate: clamped to it; mask: above it, weight 0)."})
+    vllm_importance_sampling_clip_min: float | None = field(default=None, metadata={
+        "help": "Lower bound C_min of the importance weights (truncate: clamped to it; mask: below it, weight 0)."})
     ds3_gather_for_generation: bool = field(default=True, metadata={
         "help": "DeepSpeed ZeRO-3 only: gather the sharded policy once for the whole generation (fast, needs the "
                 "full model in memory on each GPU); False generates layer by layer (slow, fits larger models). "
@@ -322,6 +361,13 @@ class PPOConfig(_BaseConfig):
                 f"not divide by num_samples_per_prompt={self.num_samples_per_prompt}; change one of them so that "
                 "every prompt gets all its samples in one rollout."
             )
+        if self.use_vllm and self.vllm_mode != "server":
+            errors.append(
+                f"vllm_mode={self.vllm_mode!r}: only vllm_mode='server' is available (a vLLM server started with "
+                "`icegrt-trl vllm-serve`); colocate mode, vLLM inside the training process, is not built yet.")
+        if self.vllm_importance_sampling_mode not in core.ENGINE_IS_MODES:
+            errors.append(f"vllm_importance_sampling_mode={self.vllm_importance_sampling_mode!r}: use one of "
+                          f"{', '.join(core.ENGINE_IS_MODES)}.")
         if errors:
             raise ValueError("Invalid PPOConfig: " + " ".join(errors))
         super().__post_init__()

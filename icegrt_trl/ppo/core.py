@@ -196,6 +196,31 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
     return loss, stats
 
 
+ENGINE_IS_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
+
+
+def engine_importance_weights(logprobs: torch.Tensor, engine_logprobs: torch.Tensor, mask: torch.Tensor,
+                              mode: str = "token_truncate", clip_min: float | None = None,
+                              clip_max: float | None = 3.0) -> torch.Tensor:
+    """Importance weights π_trainer / π_engine for samples drawn by an inference engine (vLLM) whose log-probs are
+    not the trainer's (GRPO's ``vllm_importance_sampling_mode``): per token, or one per sequence from the summed
+    log-ratio; ``*_truncate`` clamps them to [clip_min, clip_max], ``*_mask`` sets those outside to 0. Padding gets
+    a log-ratio of 0 (weight 1 before masking by the loss)."""
+    if mode not in ENGINE_IS_MODES:
+        raise ValueError(f"vllm_importance_sampling_mode={mode!r}: use one of {', '.join(ENGINE_IS_MODES)}.")
+    diff = (logprobs - engine_logprobs) * mask
+    if mode.startswith("sequence"):
+        diff = diff.sum(-1, keepdim=True)
+    ratio = torch.exp(diff)
+    if mode.endswith("truncate"):
+        ratio = torch.clamp(ratio, min=clip_min, max=clip_max)
+    else:
+        lo = -float("inf") if clip_min is None else clip_min
+        hi = float("inf") if clip_max is None else clip_max
+        ratio = ratio.masked_fill((ratio < lo) | (ratio > hi), 0.0)
+    return ratio.expand_as(logprobs)
+
+
 @register_value_loss("clipped_mse")
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
                cliprange_value: float | None = 0.2) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -203,6 +203,7 @@ class PPOTrainer(_BaseTrainer):
                 s.model = self._prepare_frozen(s.model, self._frozen_dtype())
         if args.merge_adapter_for_generation:
             self._check_merge_for_generation(wrapper)
+        self.vllm_engine = self._connect_vllm(wrapper) if args.use_vllm else None
         for m in (wrapper.policy, self.ref_model):  # the models whose LM head runs with logits_to_keep
             if m is not None:
                 contiguous_lm_head_input(m)
@@ -211,6 +212,19 @@ class PPOTrainer(_BaseTrainer):
             self.eager_attention_models = sum(use_eager_attention(m) for m in self._all_models())
             # sampling is not matched bit for bit against anything, and SDPA decodes faster: generate with it
             self._generation_attention = "sdpa" if self.eager_attention_models else None
+
+    def _connect_vllm(self, wrapper: PolicyAndValue):
+        """The vLLM rollout engine (``use_vllm``): checked before any weights change. Only LoRA policies, whose
+        adapter the server hot-loads; a full-weight policy would need TRL's NCCL weight sync, not built here."""
+        from .vllm_rollout import VLLMRolloutEngine
+
+        if not self.is_peft or not lora_layers_of(wrapper._layers, self.policy_adapter):
+            raise ValueError("use_vllm=True needs a PEFT LoRA policy (pass peft_config=LoraConfig(...)): the vLLM "
+                             "server samples from its base model with the policy's adapter hot-loaded after each "
+                             "update. Full-weight policies (weight sync over NCCL) are not supported; set "
+                             "use_vllm=False to sample with model.generate.")
+        vocab = wrapper.policy.get_output_embeddings().weight.shape[0]
+        return VLLMRolloutEngine(self.args, self.processing_class, vocab, self.accelerator.is_main_process)
 
     def _check_merge_for_generation(self, wrapper: PolicyAndValue) -> None:
         """``merge_adapter_for_generation`` needs LoRA layers of the policy adapter in full-precision, unsharded
@@ -430,15 +444,18 @@ class PPOTrainer(_BaseTrainer):
 
     @torch.no_grad()
     def _generate(self, wrapper: PolicyAndValue, queries: torch.Tensor, query_mask: torch.Tensor,
-                  greedy: bool = False) -> torch.Tensor:
+                  greedy: bool = False, samples_per_prompt: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Responses ``[B, L]`` (right-padded; L = the longest response, at most ``response_length``) from the
         policy, with PPOConfig's sampling settings only (the model's own generation_config is set aside, see
-        :mod:`icegrt_trl.ppo.generation`). When every row stopped early, the rollout's forwards and training run on
-        L columns, not ``response_length`` (trl 1.12 kept generate's length too).
+        :mod:`icegrt_trl.ppo.generation`), and the engine's log-probs of them under ``use_vllm`` (else None). When
+        every row stopped early, the rollout's forwards and training run on L columns, not ``response_length``
+        (trl 1.12 kept generate's length too).
 
         With more rows than ``local_rollout_forward_batch_size`` the rows are generated in chunks of similar prompt
         length, each without the left padding all its rows share (less padding to attend over and to decode past)."""
         args, tok = self.args, self.processing_class
+        if self.vllm_engine is not None:
+            return self._generate_with_vllm(wrapper, queries, query_mask, greedy, samples_per_prompt)
         gen = self.greedy_generation_config if greedy else self.generation_config
         bs = args.local_rollout_forward_batch_size
         n = queries.shape[0]
@@ -457,7 +474,21 @@ class PPOTrainer(_BaseTrainer):
                 resp = wrapper.policy.generate(input_ids=q, attention_mask=m, generation_config=gen)[:, width:]
                 out[idx, :resp.shape[1]] = resp
                 longest = max(longest, resp.shape[1])
-        return out[:, :longest]
+        return out[:, :longest], None
+
+    def _generate_with_vllm(self, wrapper: PolicyAndValue, queries: torch.Tensor, query_mask: torch.Tensor,
+                            greedy: bool, samples_per_prompt: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``_generate`` on the vLLM server, from the policy adapter as it is now (hot-loaded when it changed).
+        Each request carries a seed drawn from the trainer's generator, so a run (and a resumed one) is
+        reproducible against the same server."""
+        args, engine = self.args, self.vllm_engine
+        engine.sync_adapter(wrapper.policy, self.policy_adapter, self.state.global_step,
+                            barrier=self.accelerator.wait_for_everyone)
+        seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+        return engine.sample(queries, query_mask, samples_per_prompt, response_length=args.response_length,
+                             temperature=0.0 if greedy else args.temperature, top_p=args.top_p, top_k=args.top_k,
+                             stop_token_ids=self.stop_token_ids, pad_token_id=self.processing_class.pad_token_id,
+                             seed=seed)
 
     @torch.no_grad()
     def _forward_logprobs_values(self, wrapper, qr, mask, context_length, responses, with_entropy: bool = True,
@@ -498,6 +529,26 @@ class PPOTrainer(_BaseTrainer):
             return None, torch.cat(refs).float(), None, None
         return torch.cat(lps).float(), torch.cat(refs).float(), torch.cat(vals), entropies
 
+    def _correct_for_the_engine(self, batch: dict, maskf: torch.Tensor) -> None:
+        """vLLM sampled the batch: log how far its log-probs are from the trainer's old ones and, with
+        ``vllm_importance_sampling_correction``, weight the advantages by π_trainer/π_engine (GRPO's correction;
+        for the clipped surrogate, weighting the advantages of a token weights its loss)."""
+        args, lp, elp = self.args, batch["logprobs"], batch["engine_logprobs"]
+        weights = core.engine_importance_weights(lp, elp, maskf, args.vllm_importance_sampling_mode,
+                                                 args.vllm_importance_sampling_clip_min,
+                                                 args.vllm_importance_sampling_clip_max)
+        gap = (lp - elp) * maskf
+        n = maskf.sum().clamp(min=1)
+        stats = {"vllm/logprob_diff_mean": gap.sum() / n, "vllm/logprob_absdiff_mean": gap.abs().sum() / n,
+                 # KL(engine ‖ trainer) per token, from the engine's own samples (k3: ≥ 0 and low variance)
+                 "vllm/kl": core.masked_mean(core.kl_estimate(elp, lp, "k3"), maskf),
+                 "vllm/is_weight_mean": core.masked_mean(weights, maskf),
+                 "vllm/is_weight_min": torch.where(maskf.bool(), weights, torch.inf).min(),
+                 "vllm/is_weight_max": torch.where(maskf.bool(), weights, -torch.inf).max()}
+        self._rollout_metrics.update({k: float(v) for k, v in stats.items()})
+        if args.vllm_importance_sampling_correction:
+            batch["advantages"] = batch["advantages"] * weights
+
     def _score(self, batch: dict, record: bool = False) -> torch.Tensor:
         """Weighted sum of the reward sources (``record``: log each source's mean as ``rewards/<name>/mean``)."""
         total = torch.zeros(len(batch["prompts"]), device=batch["scores_device"])
@@ -518,14 +569,15 @@ class PPOTrainer(_BaseTrainer):
         sums = self._all_reduce_sum(sums)
         return dict(zip(named, (sums[:, 0] / sums[:, 1].clamp(min=1)).tolist()))
 
-    def _sample_batch(self, rows: list[dict], greedy: bool = False) -> dict:
+    def _sample_batch(self, rows: list[dict], greedy: bool = False, samples_per_prompt: int = 1) -> dict:
         """Generate responses to ``rows`` and describe them the way reward sources read them (one path for the
         rollout, ``evaluate`` and sample logs): left-padded queries, truncated responses, exact completion texts."""
         tok, device, wrapper = self.processing_class, self.accelerator.device, self._unwrapped()
         queries, qmask = left_pad([r["input_ids"] for r in rows], tok.pad_token_id)
         width = queries.shape[1]
         queries, qmask = queries.to(device), qmask.to(device)
-        responses = self._generate(wrapper, queries, qmask, greedy=greedy)
+        responses, engine_logprobs = self._generate(wrapper, queries, qmask, greedy=greedy,
+                                                    samples_per_prompt=samples_per_prompt)
         responses, rmask, ended = core.truncate_at_stop(responses, self.stop_token_ids, tok.pad_token_id)
         completion_ids = [resp[: int(n)].tolist() for resp, n in zip(responses, rmask.sum(1))]
         texts = decode_completions(tok, [list(r["input_ids"]) for r in rows], completion_ids)
@@ -542,6 +594,7 @@ class PPOTrainer(_BaseTrainer):
             "scores_device": device, "ended": ended, "context_length": width,
             "query_responses": torch.cat([queries, responses], 1),
             "query_response_mask": torch.cat([qmask, rmask], 1), "responses": responses, "response_mask": rmask,
+            "engine_logprobs": None if engine_logprobs is None else engine_logprobs * rmask,
         }
 
     @torch.no_grad()
@@ -561,7 +614,7 @@ class PPOTrainer(_BaseTrainer):
 
     def _rollout_in_eval(self, wrapper: PolicyAndValue, rows: list[dict], policy_forward: bool = True) -> dict:
         k = self.args.num_samples_per_prompt
-        batch = self._sample_batch([r for r in rows for _ in range(k)])
+        batch = self._sample_batch([r for r in rows for _ in range(k)], samples_per_prompt=k)
         logprobs, ref_logprobs, values, entropies = self._forward_logprobs_values(
             wrapper, batch["query_responses"], batch["query_response_mask"], batch["context_length"],
             batch["responses"], with_entropy=self._will_log(self.state.global_step, self.args.steps_per_rollout),
@@ -621,6 +674,8 @@ class PPOTrainer(_BaseTrainer):
         adv = self.adv_norm(adv, maskf, group_size=k, all_reduce_sum=self._all_reduce_sum)
         batch.update(advantages=adv, returns=returns)
         batch = run_hooks(self.hooks, "on_advantages", batch, self)
+        if batch.get("engine_logprobs") is not None:
+            self._correct_for_the_engine(batch, maskf)
 
         # KL control on the all-process mean sequence KL, n = global batch size
         seq_kl = self._mean_all(batch["kl"].sum(1))
@@ -851,8 +906,12 @@ class PPOTrainer(_BaseTrainer):
             ckpt = get_last_checkpoint(self.args.output_dir) or True  # True: Trainer raises its own error
         if isinstance(ckpt, str):
             self._restore_ppo_state(ckpt)
-        return super().train(resume_from_checkpoint=ckpt, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval,
-                             **kwargs)
+        try:
+            return super().train(resume_from_checkpoint=ckpt, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval,
+                                 **kwargs)
+        finally:
+            if self.vllm_engine is not None:
+                self.vllm_engine.release()
 
     def _restore_ppo_state(self, ckpt: str) -> None:
         state = read_ppo_state(ckpt)
