@@ -14,13 +14,23 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 VLLM_PYTHON_ENV = "ICEGRT_VLLM_PYTHON"
 DEFAULT_VENV = Path(__file__).resolve().parent.parent / ".vllm-venv"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def find_vllm_python(explicit: str | None = None) -> str:
@@ -87,17 +97,11 @@ class VLLMServerProcess:
 
     def __init__(self, model: str, *, port: int | None = None, python: str | None = None, log_path=None,
                  max_lora_rank: int = 64, startup_timeout: float = 300.0, extra: list[str] | None = None):
-        import socket
-        import tempfile
-
         from .ppo.vllm_client import VLLMServerClient
 
         python = find_vllm_python(python)
         check_vllm_importable(python)
-        if port is None:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
+        port = free_port() if port is None else port
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = Path(log_path or Path(tempfile.mkdtemp()) / "vllm_server.log")
         self._log = open(self.log_path, "w")
@@ -122,8 +126,6 @@ class VLLMServerProcess:
                                           f"{self.log_path}") from None
 
     def stop(self, timeout: float = 60.0) -> None:
-        import signal
-
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:

@@ -3,7 +3,6 @@
 The faults are played by small local HTTP servers (no vLLM needed); tests/test_vllm_rollouts.py runs the real one."""
 
 import json
-import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,16 +14,10 @@ from peft import LoraConfig
 from icegrt_trl import PPOConfig, PPOTrainer
 from icegrt_trl.ppo.vllm_client import VLLMServerClient, VLLMServerError, parse_completions
 from icegrt_trl.testbed import gold_reward, tiny_causal_lm
-from icegrt_trl.vllm_serve import serve_command, serve_env
+from icegrt_trl.vllm_serve import free_port, serve_command, serve_env
 
 # the tiny-model fixtures are tests/test_ppo_speed_options.py's (tests/ is on sys.path under pytest)
 from test_ppo_speed_options import SMALL, prompts, tok  # noqa: E402,F401  (prompts, tok: fixtures)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class FakeServer:

@@ -64,8 +64,7 @@ def response_logprobs(logits: torch.Tensor, responses: torch.Tensor, temperature
 
 
 _SAMPLE_KEYS = ("query_responses", "query_response_mask", "responses", "response_mask")
-_TENSOR_KEYS = ("query_responses", "query_response_mask", "responses", "response_mask", "logprobs",
-                "ref_logprobs", "values", "advantages", "returns")
+_TENSOR_KEYS = _SAMPLE_KEYS + ("logprobs", "ref_logprobs", "values", "advantages", "returns")
 
 
 class PPOTrainer(_BaseTrainer):
