@@ -39,12 +39,13 @@ def test_two_process_run_keeps_replicas_and_plugin_state_in_sync(tmp_path):
 RESUME_SCRIPT = Path(__file__).parent / "scripts" / "ppo_two_processes_resume.py"
 
 
-def test_two_process_resume_from_a_mid_rollout_checkpoint_equals_the_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("mini_batches", [2, 1])  # 1: the rollout reuses the first training forward
+def test_two_process_resume_from_a_mid_rollout_checkpoint_equals_the_uninterrupted_run(tmp_path, mini_batches):
     """Each process saves and restores its own half-used rollout (and RNG state): before, rank 1 resumed on rank 0's
     rollout and the two runs diverged."""
     out = tmp_path / "resume"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(RESUME_SCRIPT), str(out)]
+           "--master_port", str(_free_port()), str(RESUME_SCRIPT), str(out), str(mini_batches)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads(Path(f"{out}.rank{r}").read_text()) for r in (0, 1)]
@@ -53,7 +54,7 @@ def test_two_process_resume_from_a_mid_rollout_checkpoint_equals_the_uninterrupt
         assert r["world"] == 2
         assert r["full"] != r["start"]  # training moved the weights
         assert r["resumed"] == pytest.approx(r["full"], rel=1e-6)
-        assert r["rollouts_done"][0] == r["rollouts_done"][1] == 2
+        assert r["rollouts_done"][0] == r["rollouts_done"][1] == 8 // (2 * mini_batches)  # 8 steps, 2 epochs
         for step in range(4, 9):
             for key, value in r["full_steps"][str(step)].items():
                 assert r["resumed_steps"][str(step)][key] == pytest.approx(value, rel=1e-4, abs=1e-6), (step, key)

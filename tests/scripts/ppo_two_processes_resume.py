@@ -1,8 +1,8 @@
 """Run by tests/test_ppo_distributed.py with `python -m torch.distributed.run --nproc_per_node 2` (gloo on the CPU;
 `accelerate launch` starts the same processes).
 
-Each rank trains an uninterrupted run (checkpoint every 3 optimizer steps: checkpoint-3 lies in the middle of the
-first rollout of 4 steps), then a fresh trainer resumes from checkpoint-3. Writes, per rank, the final policy
+Each rank trains an uninterrupted run (checkpoint every 3 optimizer steps: checkpoint-3 lies in the middle of a
+rollout, of 4 steps with 2 mini-batches, of 2 with one), then a fresh trainer resumes from checkpoint-3. Writes, per rank, the final policy
 checksums of both runs, the prompts of its half-used rollout and the per-step metrics to OUT.rank<r>.
 """
 
@@ -15,6 +15,9 @@ from icegrt_trl import PPOConfig, PPOTrainer
 from icegrt_trl.testbed import build_tokenizer, gold_reward, make_datasets, tiny_causal_lm
 
 out = sys.argv[1]
+# 1: one micro-batch per rollout, so the rollout is finished inside the first training step's forward
+# (reuse_first_training_forward), with its all-reduces between that forward and its backward
+mini_batches = int(sys.argv[2]) if len(sys.argv) > 2 else 2
 tok = build_tokenizer()
 prompts = make_datasets(num_unlabeled=64)["unlabeled"]
 
@@ -22,7 +25,7 @@ prompts = make_datasets(num_unlabeled=64)["unlabeled"]
 def run(folder, resume=None):
     model = tiny_causal_lm("llama", tok, hidden_size=64, num_layers=2, num_heads=2)
     args = PPOConfig(output_dir=folder, use_cpu=True, bf16=False, report_to=[], per_device_train_batch_size=4,
-                     gradient_accumulation_steps=1, num_mini_batches=2, num_ppo_epochs=2, max_steps=8,
+                     gradient_accumulation_steps=1, num_mini_batches=mini_batches, num_ppo_epochs=2, max_steps=8,
                      response_length=4, stop_token="eos", save_strategy="steps", save_steps=3,
                      gradient_checkpointing=False, disable_tqdm=True, num_sample_generations=0, logging_steps=1,
                      seed=0, learning_rate=1e-3, temperature=1.0, kl_controller="adaptive", kl_target=0.1,
