@@ -6,7 +6,11 @@ builds), then alternates fresh worker processes (`_ppo_bench_worker.py`): our tr
 (bf16 base, batch 8, 24 new tokens, 2 PPO epochs, 2 torch threads). Each run times the updates after the first; the
 phase split puts the server's sampling (HTTP and adapter upload included) under "generation".
 
+`--full-weights`: four full models instead (fp32 weights, bf16=True), `model.generate` against `use_vllm=True`,
+whose policy is written and reloaded into the server after each update.
+
     python benchmarks/vllm_rollouts.py --alternations 2 --json benchmarks/results/vllm_rollouts_smollm2.json
+    python benchmarks/vllm_rollouts.py --full-weights --json benchmarks/results/vllm_rollouts_smollm2_full.json
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ def main(argv=None) -> None:
     p.add_argument("--alternations", type=int, default=2)
     p.add_argument("--updates", type=int, default=3, help="updates per run, the first one not timed")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--full-weights", action="store_true", help="four full models instead of LoRA on one base")
     p.add_argument("--json", help="write every raw result here")
     args = p.parse_args(argv)
     log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
@@ -40,17 +45,22 @@ def main(argv=None) -> None:
     server = VLLMServerProcess("testbed:smollm2", max_lora_rank=16, log_path="/tmp/icegrt_vllm_bench_server.log")
     url = server.url
     log(f"vLLM server up at {url} after {time.monotonic() - t0:.0f} s")
-    base = dict(sm.BASE, bf16=True, base_dtype="bfloat16")
-    rows = {
-        "LoRA, model.generate": base,
-        "LoRA, merged generation": dict(base, set=["merge_adapter_for_generation=true"]),
-        "LoRA, vLLM server": dict(base, set=["use_vllm=true", f"vllm_server_base_url={url}"]),
-    }
+    vllm = ["use_vllm=true", f"vllm_server_base_url={url}"]
+    if args.full_weights:
+        mode, base = "full", dict(sm.BASE, bf16=True)
+        rows = {"full, model.generate": base, "full, vLLM server": dict(base, set=vllm)}
+    else:
+        mode, base = "lora", dict(sm.BASE, bf16=True, base_dtype="bfloat16")
+        rows = {
+            "LoRA, model.generate": base,
+            "LoRA, merged generation": dict(base, set=["merge_adapter_for_generation=true"]),
+            "LoRA, vLLM server": dict(base, set=vllm),
+        }
     raw = {name: [] for name in rows}
     try:
         for _ in range(args.alternations):
             for name, row in rows.items():
-                res = run_worker("ours", "lora", "smollm2", args.updates, args.threads, "", sm.worker_args(row))
+                res = run_worker("ours", mode, "smollm2", args.updates, args.threads, "", sm.worker_args(row))
                 raw[name].append(res)
                 log(f"  {name:28s} {res['s_per_update']:.2f} s/update (updates "
                     f"{', '.join(f'{x:.2f}' for x in res['update_s'])})")

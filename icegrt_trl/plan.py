@@ -267,7 +267,8 @@ def plan_ppo(policy: ModelSetup, reward: ModelSetup, args, prompt_length: int) -
         plan.components["gradients + AdamW states"] = trainable_state_bytes(n + backbone, b)
         models = "four models (policy, value, reference, reward)"
     plan.components["reward model"] = reward.weights()
-    if policy.lora_r and getattr(args, "merge_adapter_for_generation", False):
+    on_server = getattr(args, "use_vllm", False)  # the vLLM server samples: its weights and KV cache are its own
+    if policy.lora_r and getattr(args, "merge_adapter_for_generation", False) and not on_server:
         plan.components["base weights copy (merge_adapter_for_generation)"] = \
             adapted_weight_count(policy.arch, policy.lora_targets) * policy.param_bytes
     copies = autocast_copy_bytes(policy.arch, policy.param_bytes, policy.bf16, policy.load_in_4bit) \
@@ -283,11 +284,17 @@ def plan_ppo(policy: ModelSetup, reward: ModelSetup, args, prompt_length: int) -
     rows = min(args.local_rollout_forward_batch_size, args.per_device_train_batch_size * args.gradient_accumulation_steps)
     forwards = 2 * rows * seq * policy.arch.vocab_size * policy.act_bytes \
         + rows * args.response_length * policy.arch.vocab_size * 12
-    rollout = max(generation_bytes(policy.arch, rows, prompt_length, args.response_length, policy.act_bytes), forwards)
+    generation = 0 if on_server else generation_bytes(policy.arch, rows, prompt_length, args.response_length,
+                                                      policy.act_bytes)
+    rollout = max(generation, forwards)
     plan.components["activations (training micro-batch)" if train >= rollout else "rollout (KV cache + logits)"] = \
         max(train, rollout)
     plan.notes.append(f"{models}; micro-batch {micro} × {seq} tokens ({prompt_length} prompt + "
                       f"{args.response_length} response); rollout chunks of {rows} sequences")
+    if on_server:
+        plan.notes.append("use_vllm: sampling runs in the vLLM server, whose weights and KV cache are not counted "
+                          "here; on one GPU, start it with --gpu-memory-utilization small enough to leave this plan "
+                          "room")
     return plan
 
 

@@ -5,6 +5,7 @@ vLLM pins its own versions of torch and transformers, so it usually lives in a v
 environment's Python with vLLM's OpenAI-compatible server and the settings the trainer relies on:
 
 - ``--enable-lora`` and ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``: the policy's adapter is hot-loaded after each update;
+- ``VLLM_SERVER_DEV_MODE=1``: a full-weight policy is reloaded in place after each update (``/collective_rpc``);
 - ``--generation-config vllm``: the model's shipped sampling defaults (e.g. a repetition penalty) are not used;
 - ``--logprobs-mode processed_logprobs``: the returned log-probs are of the distribution sampled from (after the
   temperature), the ones the trainer compares with its own ``log_softmax(logits / T)``.
@@ -75,6 +76,9 @@ def serve_command(model: str, *, python: str, host: str = "127.0.0.1", port: int
 def serve_env(base: dict[str, str] | None = None, cpu_kv_cache_gib: float = 2.0) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
     env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
+    # /collective_rpc and /reset_prefix_cache, for full-weight policies (their weights are reloaded after each
+    # update). Dev mode opens routes that change the served model: keep the server on localhost or a private net.
+    env["VLLM_SERVER_DEV_MODE"] = "1"
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{cpu_kv_cache_gib:g}")  # GiB of KV cache on a CPU server
     return env
 

@@ -96,7 +96,7 @@ def test_plan_says_when_a_stage_does_not_fit(capsys):
 
 def test_plan_reflects_the_options():
     """Checkpointing and LoRA shrink what the plan counts; a larger rollout chunk grows it."""
-    from icegrt_trl.plan import ModelSetup, plan_ppo, plan_sft
+    from icegrt_trl.plan import Architecture, ModelSetup, plan_ppo, plan_sft
     from icegrt_trl.ppo import PPOConfig
 
     arch = KNOWN_ARCHITECTURES["Qwen/Qwen2.5-0.5B-Instruct"]
@@ -117,6 +117,18 @@ def test_plan_reflects_the_options():
         == 24 * (896 * 896 * 2 + 2 * 896 * 128 + 3 * 896 * 4864) * 2
     four = plan_ppo(full, full, PPOConfig(**args), 128)
     assert {"policy", "value model", "reference", "reward model"} <= set(four.components)
+    # a Llama-2-7B shape (no grouped KV heads): the generation's KV cache is the largest rollout term, and with
+    # vLLM it lives in the server, as does any merging for generation
+    mha = ModelSetup(Architecture(32000, 4096, 32, 32, 32, 11008, False), "bfloat16", False, 16, "all-linear", True,
+                     True)
+    long = dict(args, per_device_train_batch_size=2, gradient_accumulation_steps=8, response_length=1024,
+                local_rollout_forward_batch_size=16)
+    here = plan_ppo(mha, mha, PPOConfig(**long), 1024)
+    served = plan_ppo(mha, mha, PPOConfig(**long, use_vllm=True), 1024)
+    assert "rollout (KV cache + logits)" in here.components and served.total < here.total
+    assert any("vLLM server" in note for note in served.notes)
+    merging = plan_ppo(mha, mha, PPOConfig(**long, use_vllm=True, merge_adapter_for_generation=True), 1024)
+    assert merging.total == served.total
 
 
 def test_unknown_hub_model_is_named(tmp_path, capsys):

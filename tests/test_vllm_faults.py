@@ -101,9 +101,14 @@ def test_unknown_importance_sampling_mode_is_refused(tmp_path):
         vllm_cfg(tmp_path, "http://127.0.0.1:1", vllm_importance_sampling_mode="tokens")
 
 
-def test_a_full_weight_policy_is_refused(tmp_path, tok, prompts):
-    with pytest.raises(ValueError, match="use_vllm=True needs a PEFT LoRA policy"):
-        trainer(tmp_path, tok, prompts, "http://127.0.0.1:1", peft=False)
+def test_a_peft_policy_without_lora_layers_is_refused(tmp_path, tok, prompts):
+    from peft import IA3Config
+
+    with pytest.raises(ValueError, match="use_vllm=True with a PEFT policy needs LoRA layers"):
+        PPOTrainer(args=vllm_cfg(tmp_path, "http://127.0.0.1:1"), processing_class=tok,
+                   model=tiny_causal_lm("llama", tok, **SMALL), reward_model=gold_reward, train_dataset=prompts,
+                   peft_config=IA3Config(target_modules=["q_proj", "v_proj"], feedforward_modules=[],
+                                         task_type="CAUSAL_LM"))
 
 
 # ---------------------------------------------------------------- server faults
@@ -228,6 +233,7 @@ def test_vllm_serve_command_has_what_the_trainer_relies_on():
         assert part in text
     env = serve_env({})
     assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True" and env["VLLM_CPU_KVCACHE_SPACE"] == "2"
+    assert env["VLLM_SERVER_DEV_MODE"] == "1"  # /collective_rpc: full-weight policies are reloaded through it
 
 
 def test_a_server_gone_mid_run_and_odd_answers_are_named():
@@ -276,3 +282,150 @@ def test_vllm_serve_without_vllm_says_how_to_build_its_environment(capsys):
     err = capsys.readouterr().err
     assert "vLLM cannot be imported by" in err and "bash scripts/make_vllm_env.sh" in err
     assert "Traceback" not in err
+
+
+# ---------------------------------------------------------------- several processes
+class ServerThatKnowsItsAdapters:
+    """A fake vLLM server that behaves as the real one where several processes could trip: an adapter loads only
+    from a folder that holds one, a request naming an adapter that is not loaded is refused (HTTP 404), and so is
+    unloading one twice. It samples a fixed function of the prompt, with log-prob -1 per token, and records what
+    a full-weight reload reads."""
+
+    def __init__(self, tok):
+        self.loaded, self.events, self.vocab = set(), [], len(tok)
+        self.server = FakeServer({**healthy_routes(tok), "/v1/load_lora_adapter": self.load,
+                                  "/v1/unload_lora_adapter": self.unload, "/v1/completions": self.complete,
+                                  "/collective_rpc": self.reload,
+                                  "/reset_prefix_cache?reset_running_requests=true": self.reset_prefix_cache})
+
+    def load(self, p):
+        import os
+
+        if not os.path.exists(os.path.join(p["lora_path"], "adapter_config.json")):
+            return 400, {"error": f"No adapter found at {p['lora_path']}"}
+        self.loaded.add(p["lora_name"])
+        self.events.append(("load", p["lora_name"]))
+        return 200, {}
+
+    def unload(self, p):
+        if p["lora_name"] not in self.loaded:
+            return 404, {"error": f"The lora adapter '{p['lora_name']}' cannot be found."}
+        self.loaded.remove(p["lora_name"])
+        self.events.append(("unload", p["lora_name"]))
+        return 200, {}
+
+    def reload(self, p):
+        """``/collective_rpc`` with ``reload_weights``: the checkpoint must be in the folder when it is called."""
+        from safetensors.torch import load_file
+
+        assert p["method"] == "reload_weights"
+        folder = p["kwargs"]["weights_path"]
+        self.events.append(("reload", folder, load_file(f"{folder}/model.safetensors")))
+        return 200, {"results": [None]}
+
+    def reset_prefix_cache(self, p):
+        self.events.append(("reset_prefix_cache",))
+        return 200, {"success": True}
+
+    def complete(self, p):
+        if p["model"] != "/models/base" and p["model"] not in self.loaded:
+            return 404, {"error": f"The model `{p['model']}` does not exist."}
+        self.events.append(("sample", p["model"], [list(q) for q in p["prompt"]]))
+        choices = [choice(i * p["n"] + j, [3 + (sum(q) + j + k) % (self.vocab - 3) for k in range(3)], [-1.0] * 3)
+                   for i, q in enumerate(p["prompt"]) for j in range(p["n"])]
+        return 200, {"choices": choices}
+
+
+def test_two_processes_load_each_adapter_once_and_sample_their_own_prompts_from_it(tmp_path, tok):
+    """`accelerate launch` with vLLM: the main process writes and loads the adapter, the others wait for it (a
+    request naming an adapter not yet loaded would fail the run), each process samples its own prompts, and the
+    replicas stay identical."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    fake = ServerThatKnowsItsAdapters(tok)
+    out = tmp_path / "vllm2"
+    script = Path(__file__).parent / "scripts" / "ppo_two_processes_vllm.py"
+    try:
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(script),
+                               fake.server.url, str(out)], capture_output=True, text=True, timeout=300)
+    finally:
+        fake.server.close()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads(Path(f"{out}.rank{r}").read_text()) for r in (0, 1)]
+    assert ranks[0]["world"] == 2 and ranks[0]["steps"] == ranks[1]["steps"] == 3
+    assert ranks[0]["end"] == ranks[1]["end"] != ranks[0]["start"]  # trained, replicas identical
+
+    loads = [e[1] for e in fake.events if e[0] == "load"]
+    assert len(loads) == 3 and [n.rsplit("-", 1)[1] for n in loads] == ["step0", "step1", "step2"]
+    assert [e[1] for e in fake.events if e[0] == "unload"] == loads  # each once, the last at the end of train()
+    assert not fake.loaded and not (tmp_path / "vllm2.run" / "vllm_adapters" / "step-2").exists()
+    samples = [e for e in fake.events if e[0] == "sample"]
+    assert [e[1] for e in samples] == [n for n in loads for _ in range(2)]  # both processes, each adapter
+    for r, rank in enumerate(ranks):  # every rollout's prompts reached the server, one request per process
+        assert len(rank["sampled"]) == 3
+        for rollout in rank["sampled"]:
+            assert rollout in [e[2] for e in samples]
+    assert all(a != b for a, b in zip(ranks[0]["sampled"], ranks[1]["sampled"]))  # each process its own prompts
+
+
+def test_a_full_weight_policy_is_written_whole_and_reloaded_after_each_update(tmp_path, tok, prompts):
+    fake = ServerThatKnowsItsAdapters(tok)
+    try:
+        # a reward that tells the fake server's samples apart (the gold reward gives them all 0: no update)
+        t = PPOTrainer(args=vllm_cfg(tmp_path, fake.server.url, max_steps=3, learning_rate=1e-2),
+                       processing_class=tok, model=tiny_causal_lm("llama", tok, **SMALL), train_dataset=prompts,
+                       reward_model=lambda prompts, completions, **kw: [len(set(c)) / 4 for c in completions])
+        start = {n: p.detach().clone() for n, p in t._unwrapped().policy.state_dict().items()}
+        t.train()
+    finally:
+        fake.server.close()
+    kinds = [e[0] for e in fake.events]
+    # reloaded before each rollout, the prefix cache (old weights' key/values) dropped before any sample
+    assert kinds == ["reload", "reset_prefix_cache", "sample"] * 3
+    reloads = [e for e in fake.events if e[0] == "reload"]
+    assert [e[1] for e in reloads] == [str(tmp_path / "vllm_adapters" / f"step-{k}") for k in range(3)]
+    # the whole policy as it was at step 0, then as trained at each step; the samples ask for the served model
+    first = reloads[0][2]
+    assert all(torch.equal(first[n], start[n]) for n in first) and len(first) >= len(start) - 1  # tied head
+    for before, after in zip(reloads, reloads[1:]):
+        assert any(not torch.equal(after[2][n], before[2][n]) for n in first)
+    assert all(e[1] == "/models/base" for e in fake.events if e[0] == "sample")
+    assert not (tmp_path / "vllm_adapters" / "step-2").exists()  # nothing left behind; nothing to unload
+
+
+def test_a_full_weight_policy_needs_a_server_in_dev_mode(tmp_path, tok, prompts):
+    server = FakeServer(healthy_routes(tok))  # no /collective_rpc: a server started without VLLM_SERVER_DEV_MODE
+    try:
+        t = trainer(tmp_path, tok, prompts, server.url, peft=False)
+        before = weights(t)
+        with pytest.raises(VLLMServerError, match="has no /collective_rpc route, which a full-weight policy needs .* "
+                                                  "VLLM_SERVER_DEV_MODE=1"):
+            t.train()
+        assert all(torch.equal(before[n], p) for n, p in t.model.named_parameters())
+    finally:
+        server.close()
+
+
+def test_a_full_weight_policy_sharded_across_processes_is_refused(tmp_path, tok, prompts):
+    fake = ServerThatKnowsItsAdapters(tok)
+    try:
+        t = trainer(tmp_path, tok, prompts, fake.server.url, peft=False)
+        t.is_fsdp_enabled = True  # as Trainer sets it under FSDP: no process holds the whole policy to write
+        with pytest.raises(ValueError, match=r"full-weight policy sharded across processes .* Use ZeRO-2 or plain "
+                                             r"data parallelism, a LoRA policy"):
+            t._connect_vllm(t.model)
+    finally:
+        fake.server.close()
+
+
+def test_a_prefix_cache_that_cannot_be_reset_is_named():
+    server = FakeServer({"/collective_rpc": lambda p: (200, {"results": [None]}),
+                         "/reset_prefix_cache?reset_running_requests=true": lambda p: (200, {"success": False})})
+    try:
+        with pytest.raises(VLLMServerError, match="could not reset its prefix cache after reloading the weights"):
+            VLLMServerClient(server.url).reload_weights("/some/folder")
+    finally:
+        server.close()

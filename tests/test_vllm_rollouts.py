@@ -50,7 +50,7 @@ def short_answer_reward(prompts, completions, **kw):
     return [-len(c[0]["content"]) / 20.0 for c in completions]
 
 
-def ppo(tmp_path, server, smollm2_dir, tok, hooks=(), **kw):
+def ppo(tmp_path, server, smollm2_dir, tok, hooks=(), full_weights=False, **kw):
     base = dict(output_dir=str(tmp_path), use_cpu=True, report_to=[], per_device_train_batch_size=4,
                 num_ppo_epochs=1, max_steps=3, response_length=12, stop_token="eos", learning_rate=3e-3,
                 temperature=1.0, save_strategy="no", disable_tqdm=True, num_sample_generations=0, logging_steps=1,
@@ -58,11 +58,11 @@ def ppo(tmp_path, server, smollm2_dir, tok, hooks=(), **kw):
     base.update(kw)
     args = PPOConfig(**base)
     assert args.bf16 and args.gradient_checkpointing  # PPOConfig's defaults, as a user gets them
-    model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.bfloat16)
+    # LoRA: a frozen bf16 base; full weights: fp32 master weights, as a user trains them under bf16=True
+    model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32 if full_weights else torch.bfloat16)
+    lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
     return PPOTrainer(args=args, processing_class=tok, model=model, reward_model=short_answer_reward,
-                      train_dataset=chat_prompts(), plugins=list(hooks),
-                      peft_config=LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
-                                             task_type="CAUSAL_LM"))
+                      train_dataset=chat_prompts(), plugins=list(hooks), peft_config=None if full_weights else lora)
 
 
 class FixedCompletionLogprobs(PPOHook):
@@ -88,8 +88,11 @@ class FixedCompletionLogprobs(PPOHook):
             with trainer._unwrapped().policy_scope():
                 logits = policy(input_ids=ids).logits[:, len(self.prompt) - 1:-1]
             self.trainer.append(response_logprobs(logits, torch.tensor([self.completion]), 1.0)[0].float())
-            with trainer._ref_scope():
-                logits = policy(input_ids=ids).logits[:, len(self.prompt) - 1:-1]
+            if trainer.is_peft:  # the reference is the base, adapters off
+                with trainer._ref_scope():
+                    logits = policy(input_ids=ids).logits[:, len(self.prompt) - 1:-1]
+            else:
+                logits = trainer.ref_model(input_ids=ids).logits[:, len(self.prompt) - 1:-1]
             self.base.append(response_logprobs(logits, torch.tensor([self.completion]), 1.0)[0].float())
         return batch
 
@@ -183,6 +186,49 @@ def test_resume_with_vllm_rollouts_continues_the_same_run(tmp_path, server, smol
     assert sorted(full_requests) == [0, 2] and sorted(resumed_requests) == [2]
     assert resumed_requests[2] == full_requests[2]
     assert 3 in b
+
+
+def test_a_full_weight_policy_is_reloaded_into_the_engine_after_each_update(tmp_path, server, smollm2_dir, smol_tok):
+    hook = FixedCompletionLogprobs(smol_tok)
+    t = ppo(tmp_path, server, smollm2_dir, smol_tok, hooks=[hook], full_weights=True, max_steps=3,
+            learning_rate=1e-4)
+    t.train()
+    assert not t.is_peft and len(hook.engine) == 3
+    gaps = [(e - tr).abs().mean().item() for e, tr in zip(hook.engine, hook.trainer)]
+    moved = [(tr - hook.trainer[0]).abs().mean().item() for tr in hook.trainer]
+    engine_moved = [(e - hook.engine[0]).abs().mean().item() for e in hook.engine]
+    print("engine-trainer gap", gaps, "trainer moved", moved, "engine moved", engine_moved)
+    assert max(gaps) < 0.12  # the served weights are the trainer's, to bf16 noise, at every step ...
+    for k in (1, 2):  # ... and they are the updated ones: the engine moved as far as the trainer did
+        assert moved[k] > 2 * gaps[k] and abs(engine_moved[k] - moved[k]) < 0.5 * moved[k], k
+        change = torch.stack([hook.engine[k] - hook.engine[0], hook.trainer[k] - hook.trainer[0]])
+        assert torch.corrcoef(change)[0, 1].item() > 0.9, k
+    assert not (tmp_path / "vllm_adapters" / "step-2").exists()
+
+
+def test_two_processes_share_the_server(tmp_path, server):
+    """`accelerate launch` against the real server: the main process writes and loads each adapter while the other
+    waits (the server answers HTTP 404 for a request naming an adapter it has not loaded), both sample their own
+    prompts from it, the replicas stay identical, and no adapter is left on the server."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from icegrt_trl.vllm_serve import free_port
+
+    script = Path(__file__).parent / "scripts" / "ppo_two_processes_vllm.py"
+    out = tmp_path / "two"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                           "127.0.0.1", "--master_port", str(free_port()), str(script), server.url, str(out),
+                           "smollm2"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads(Path(f"{out}.rank{r}").read_text()) for r in (0, 1)]
+    assert ranks[0]["steps"] == ranks[1]["steps"] == 2 and ranks[0]["world"] == 2
+    assert ranks[0]["end"] == ranks[1]["end"] != ranks[0]["start"]
+    assert len(ranks[0]["sampled"]) == len(ranks[1]["sampled"]) == 2
+    assert all(a != b for a, b in zip(ranks[0]["sampled"], ranks[1]["sampled"]))
+    assert [m for m in VLLMServerClient(server.url)._call("GET", "/v1/models")["data"] if m.get("parent")] == []
 
 
 def test_the_server_stops_with_the_test_that_started_it(server):

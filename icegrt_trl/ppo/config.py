@@ -245,8 +245,9 @@ class PPOConfig(_BaseConfig):
                 "GPUs or in fp32."})
     # ---------------------------------------------------------------- vLLM rollouts (GRPOConfig's names)
     use_vllm: bool = field(default=False, metadata={
-        "help": "Sample the rollouts with a vLLM server instead of model.generate (docs/vllm.md). Needs a PEFT LoRA "
-                "policy: after each update its adapter is written and hot-loaded into the server. Start the server "
+        "help": "Sample the rollouts with a vLLM server instead of model.generate (docs/vllm.md). After each "
+                "update a LoRA policy's adapter is written and hot-loaded into the server; a full-weight policy is "
+                "written whole and reloaded in place (slower: the whole model crosses the disk). Start the server "
                 "with `icegrt-trl vllm-serve BASE_MODEL`."})
     vllm_mode: str = field(default="server", metadata={
         "help": "'server': the trainer sends generation requests to a vLLM server over HTTP (the only mode built). "
@@ -266,9 +267,9 @@ class PPOConfig(_BaseConfig):
         "help": "Seconds one generation or adapter request to the vLLM server may take before a TimeoutError (no "
                 "weights change before it). A CPU server's first request is slow (its warm-up)."})
     vllm_adapter_dir: str | None = field(default=None, metadata={
-        "help": "Folder where the policy adapter is written for the server to load after each update; the server "
-                "must be able to read it (same machine, or a shared file system). Default: "
-                "<output_dir>/vllm_adapters. Only the latest adapter is kept."})
+        "help": "Folder where the policy is written for the server to load after each update (a LoRA policy's "
+                "adapter, or a full-weight policy's safetensors); the server must be able to read it (same machine, "
+                "or a shared file system). Default: <output_dir>/vllm_adapters. Only the latest one is kept."})
     vllm_importance_sampling_correction: bool = field(default=True, metadata={
         "help": "Correct for the engine's sampler not being the trainer's forward: weight each token's policy loss "
                 "by π_trainer/π_engine of the old policy, as GRPO does (the weight multiplies the advantages, "

@@ -213,15 +213,20 @@ class PPOTrainer(_BaseTrainer):
             self._generation_attention = "sdpa" if self.eager_attention_models else None
 
     def _connect_vllm(self, wrapper: PolicyAndValue):
-        """The vLLM rollout engine (``use_vllm``): checked before any weights change. Only LoRA policies, whose
-        adapter the server hot-loads; a full-weight policy would need TRL's NCCL weight sync, not built here."""
+        """The vLLM rollout engine (``use_vllm``): checked before any weights change. A LoRA policy's adapter is
+        hot-loaded after each update; a full-weight policy is written whole and reloaded in place."""
         from .vllm_rollout import VLLMRolloutEngine
 
-        if not self.is_peft or not lora_layers_of(wrapper._layers, self.policy_adapter):
-            raise ValueError("use_vllm=True needs a PEFT LoRA policy (pass peft_config=LoraConfig(...)): the vLLM "
-                             "server samples from its base model with the policy's adapter hot-loaded after each "
-                             "update. Full-weight policies (weight sync over NCCL) are not supported; set "
-                             "use_vllm=False to sample with model.generate.")
+        if self.is_peft and not lora_layers_of(wrapper._layers, self.policy_adapter):
+            raise ValueError("use_vllm=True with a PEFT policy needs LoRA layers in the policy adapter (vLLM loads "
+                             "LoRA adapters only): pass peft_config=LoraConfig(...), or set use_vllm=False to "
+                             "sample with model.generate.")
+        if not self.is_peft and (self.is_fsdp_enabled or (
+                self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3)):
+            raise ValueError("use_vllm=True with a full-weight policy sharded across processes (FSDP or DeepSpeed "
+                             "ZeRO-3) is not supported: the main process writes the whole policy for the server "
+                             "after each update. Use ZeRO-2 or plain data parallelism, a LoRA policy "
+                             "(peft_config=...), or use_vllm=False.")
         vocab = wrapper.policy.get_output_embeddings().weight.shape[0]
         return VLLMRolloutEngine(self.args, self.processing_class, vocab, self.accelerator.is_main_process)
 
@@ -477,12 +482,13 @@ class PPOTrainer(_BaseTrainer):
 
     def _generate_with_vllm(self, wrapper: PolicyAndValue, queries: torch.Tensor, query_mask: torch.Tensor,
                             greedy: bool, samples_per_prompt: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``_generate`` on the vLLM server, from the policy adapter as it is now (hot-loaded when it changed).
+        """``_generate`` on the vLLM server, from the policy as it is now (its adapter hot-loaded, or its full
+        weights reloaded, when it changed).
         Each request carries a seed drawn from the trainer's generator, so a run (and a resumed one) is
         reproducible against the same server."""
         args, engine = self.args, self.vllm_engine
-        engine.sync_adapter(wrapper.policy, self.policy_adapter, self.state.global_step,
-                            barrier=self.accelerator.wait_for_everyone)
+        engine.sync_policy(wrapper.policy, self.policy_adapter if self.is_peft else None, self.state.global_step,
+                           barrier=self.accelerator.wait_for_everyone)
         seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
         return engine.sample(queries, query_mask, samples_per_prompt, response_length=args.response_length,
                              temperature=0.0 if greedy else args.temperature, top_p=args.top_p, top_k=args.top_k,

@@ -7,6 +7,9 @@ transformers than ours), often on another machine. What the trainer needs from t
 - ``POST /tokenize``: the served tokenizer must be the policy's (a wrong model is caught before any update);
 - ``POST /v1/load_lora_adapter`` / ``/v1/unload_lora_adapter``: the policy's adapter after each update (the server
   needs ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``; ``icegrt-trl vllm-serve`` sets it);
+- ``POST /collective_rpc`` (``reload_weights``) and ``POST /reset_prefix_cache``: a full-weight policy, written to
+  disk after each update, reloaded in place (the server needs ``VLLM_SERVER_DEV_MODE=1``; ``icegrt-trl vllm-serve``
+  sets it);
 - ``POST /v1/completions`` with token-id prompts: samples as token ids with the log-prob of each sampled token.
 
 Every sampling field is stated in the request (the server would otherwise fill them from the model's
@@ -123,6 +126,25 @@ class VLLMServerClient:
 
     def unload_adapter(self, name: str) -> None:
         self._call("POST", "/v1/unload_lora_adapter", {"lora_name": name})
+
+    def reload_weights(self, folder: str) -> None:
+        """Load the served model's weights in place from the safetensors checkpoint in ``folder``, then drop the
+        prefix cache, whose key/value blocks were computed with the old weights."""
+        try:
+            self._call("POST", "/collective_rpc", {"method": "reload_weights", "kwargs": {"weights_path": folder}})
+        except VLLMServerError as err:
+            if "HTTP 404" not in str(err):
+                raise
+            raise VLLMServerError(
+                f"The vLLM server at {self.base_url} has no /collective_rpc route, which a full-weight policy needs "
+                f"to reload its weights after each update: restart the server with VLLM_SERVER_DEV_MODE=1 in its "
+                f"environment (`icegrt-trl vllm-serve` sets it), or train a LoRA policy (peft_config=...), whose "
+                f"adapter is hot-loaded without it.") from None
+        out = self._call("POST", "/reset_prefix_cache?reset_running_requests=true")
+        if isinstance(out, dict) and out.get("success") is False:
+            raise VLLMServerError(f"The vLLM server at {self.base_url} could not reset its prefix cache after "
+                                  f"reloading the weights (is another client sampling from it?); its cached blocks "
+                                  f"would mix old and new weights.")
 
     # ---------------------------------------------------------------- sampling
     def sample(self, model: str, prompts: list[list[int]], *, n: int, max_tokens: int, temperature: float,

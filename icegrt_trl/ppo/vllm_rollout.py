@@ -27,7 +27,7 @@ def server_url(args) -> str:
 
 class VLLMRolloutEngine:
     """One trainer process's link to the vLLM server: checks it serves the policy's tokenizer, keeps the server's
-    copy of the policy adapter current, and samples."""
+    copy of the policy (its adapter, or its full weights) current, and samples."""
 
     def __init__(self, args, tokenizer, vocab_size: int, is_main_process: bool = True):
         self.client = VLLMServerClient(server_url(args), args.vllm_server_timeout, args.vllm_request_timeout)
@@ -46,39 +46,51 @@ class VLLMRolloutEngine:
         self.adapter_dir = os.path.abspath(args.vllm_adapter_dir or os.path.join(args.output_dir, "vllm_adapters"))
         # one name per run and step, the same on every process (each process reaches the same global step)
         self._prefix = "icegrt-" + hashlib.sha1(self.adapter_dir.encode()).hexdigest()[:8]
-        self.loaded: str | None = None  # the adapter's name on the server
+        self.loaded: str | None = None  # the name to sample from: the adapter's, or the base model's
         self._loaded_folder: str | None = None
+        self._full_weights = False
         self.synced_step: int | None = None
 
-    def sync_adapter(self, policy, adapter_name: str, step: int, barrier=None) -> str:
-        """Make the server sample from the policy's adapter as it is at optimizer step ``step``: written to
-        ``adapter_dir/step-N`` and loaded under a new name (vLLM caches adapters by name); the previous one is
-        unloaded and its folder removed. The main process writes and loads; ``barrier`` lets the others wait."""
+    def sync_policy(self, policy, adapter_name: str | None, step: int, barrier=None) -> str:
+        """Make the server sample from the policy as it is at optimizer step ``step``, written to
+        ``adapter_dir/step-N``. A LoRA policy (``adapter_name``): its adapter alone, loaded under a new name (vLLM
+        caches adapters by name), the previous one unloaded. A full-weight policy (``adapter_name=None``): the whole
+        model, reloaded in place into the served model. The previous folder is removed. The main process writes
+        and loads; ``barrier`` lets the others wait. Returns the model name to sample from."""
         if self.synced_step == step and self.loaded is not None:
             return self.loaded
-        name, folder = f"{self._prefix}-step{step}", os.path.join(self.adapter_dir, f"step-{step}")
+        folder = os.path.join(self.adapter_dir, f"step-{step}")
+        name = f"{self._prefix}-step{step}" if adapter_name else self.base_model
         if self.is_main_process:
-            policy.save_pretrained(folder, selected_adapters=[adapter_name])
-            path = folder if adapter_name == "default" else os.path.join(folder, adapter_name)
-            self.client.load_adapter(name, path)
-            if self.loaded is not None:
-                self.client.unload_adapter(self.loaded)
+            if adapter_name:
+                policy.save_pretrained(folder, selected_adapters=[adapter_name])
+                self.client.load_adapter(name, folder if adapter_name == "default" else
+                                         os.path.join(folder, adapter_name))
+                if self.loaded is not None:
+                    self.client.unload_adapter(self.loaded)
+            else:
+                policy.save_pretrained(folder, safe_serialization=True)
+                self.client.reload_weights(folder)
+            if self._loaded_folder is not None:
                 shutil.rmtree(self._loaded_folder, ignore_errors=True)
         if barrier is not None:
             barrier()
         self.loaded, self._loaded_folder, self.synced_step = name, folder, step
+        self._full_weights = adapter_name is None
         return name
 
     def release(self) -> None:
         """Unload this run's adapter from the server and remove its folder (at the end of ``train``; the next
-        generation, e.g. ``evaluate``, loads it again). A server that is gone is only warned about."""
+        generation, e.g. ``evaluate``, loads it again). A server that is gone is only warned about. Reloaded full
+        weights stay on the server: the next run reloads its own before it samples."""
         if self.loaded is None:
             return
         if self.is_main_process:
-            try:
-                self.client.unload_adapter(self.loaded)
-            except (ConnectionError, TimeoutError, VLLMServerError) as err:
-                warnings.warn(f"Could not unload the policy adapter from the vLLM server: {err}")
+            if not self._full_weights:
+                try:
+                    self.client.unload_adapter(self.loaded)
+                except (ConnectionError, TimeoutError, VLLMServerError) as err:
+                    warnings.warn(f"Could not unload the policy adapter from the vLLM server: {err}")
             shutil.rmtree(self._loaded_folder, ignore_errors=True)
         self.loaded = self._loaded_folder = self.synced_step = None
 
