@@ -286,7 +286,8 @@ def test_vllm_serve_without_vllm_says_how_to_build_its_environment(capsys):
 
 # ---------------------------------------------------------------- several processes
 class ServerThatKnowsItsAdapters:
-    """A fake vLLM server that behaves as the real one where several processes could trip: an adapter loads only
+    """A fake vLLM server (also used by the full-weight tests below) that behaves as the real one where several
+    processes could trip: an adapter loads only
     from a folder that holds one, a request naming an adapter that is not loaded is refused (HTTP 404), and so is
     unloading one twice. It samples a fixed function of the prompt, with log-prob -1 per token, and records what
     a full-weight reload reads."""
@@ -371,6 +372,7 @@ def test_two_processes_load_each_adapter_once_and_sample_their_own_prompts_from_
     assert all(a != b for a, b in zip(ranks[0]["sampled"], ranks[1]["sampled"]))  # each process its own prompts
 
 
+# ---------------------------------------------------------------- full-weight policies
 def test_a_full_weight_policy_is_written_whole_and_reloaded_after_each_update(tmp_path, tok, prompts):
     fake = ServerThatKnowsItsAdapters(tok)
     try:

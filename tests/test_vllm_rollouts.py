@@ -106,7 +106,8 @@ def test_engine_follows_the_trainers_adapter_and_the_run_learns(tmp_path, server
     # train() unloaded its adapter: the server lists none, and the adapter folders are gone
     adapters = [m for m in t.vllm_engine.client._call("GET", "/v1/models")["data"] if m.get("parent")]
     assert adapters == [] and not any((tmp_path / "vllm_adapters").iterdir())
-    after = t.evaluate(chat_prompts())["eval_objective/scores"]  # loads the trained adapter again
+    after = t.evaluate(chat_prompts())["eval_objective/scores"]  # loads the trained adapter again, then unloads it
+    assert [m for m in t.vllm_engine.client._call("GET", "/v1/models")["data"] if m.get("parent")] == []
     assert len(hook.engine) == 8  # one rollout per update, each sampled from the adapter of that step
     gaps = [(e - tr).abs().mean().item() for e, tr in zip(hook.engine, hook.trainer)]
     moved = [(tr - hook.trainer[0]).abs().mean().item() for tr in hook.trainer]

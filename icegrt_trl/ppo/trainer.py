@@ -848,6 +848,8 @@ class PPOTrainer(_BaseTrainer):
             dataset = prepare_prompt_dataset(dataset, self.processing_class, None, name="eval_dataset")
         rows = [dataset[i] for i in range(len(dataset))]
         was = self.model.training
+        # outside train(), the policy this call puts on the vLLM server is taken off again at the end
+        release_engine = self.vllm_engine is not None and self.vllm_engine.loaded is None
         self.model.eval()
         try:
             batch = self._greedy_rollout(rows)
@@ -860,6 +862,8 @@ class PPOTrainer(_BaseTrainer):
             self.log({})
         finally:
             self.model.train(was)
+            if release_engine:
+                self.vllm_engine.release()
         return {f"{metric_key_prefix}_objective/scores": score}
 
     # ------------------------------------------------------------------ saving and resuming

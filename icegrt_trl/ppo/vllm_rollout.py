@@ -80,8 +80,8 @@ class VLLMRolloutEngine:
         return name
 
     def release(self) -> None:
-        """Unload this run's adapter from the server and remove its folder (at the end of ``train``; the next
-        generation, e.g. ``evaluate``, loads it again). A server that is gone is only warned about. Reloaded full
+        """Unload this run's adapter from the server and remove its folder (at the end of ``train``, and of an
+        ``evaluate`` outside it; the next generation loads it again). A server that is gone is only warned about. Reloaded full
         weights stay on the server: the next run reloads its own before it samples."""
         if self.loaded is None:
             return
