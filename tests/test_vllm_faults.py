@@ -431,3 +431,29 @@ def test_a_prefix_cache_that_cannot_be_reset_is_named():
             VLLMServerClient(server.url).reload_weights("/some/folder")
     finally:
         server.close()
+
+
+def test_a_resumed_full_weight_run_reloads_the_restored_weights_before_it_samples(tmp_path, tok, prompts):
+    """The checkpoint/resume contract with full weights: the resumed run's first request samples from the weights
+    of the checkpoint, which it writes and has the server reload first."""
+    fake = ServerThatKnowsItsAdapters(tok)
+
+    def run(out, **kw):
+        return PPOTrainer(args=vllm_cfg(out, fake.server.url, max_steps=3, learning_rate=1e-2, save_strategy="steps",
+                                        save_steps=1, **kw),
+                          processing_class=tok, model=tiny_causal_lm("llama", tok, **SMALL), train_dataset=prompts,
+                          reward_model=lambda prompts, completions, **kw: [len(set(c)) / 4 for c in completions])
+
+    try:
+        run(tmp_path / "a").train()
+        full = [e for e in fake.events if e[0] == "reload"]
+        fake.events.clear()
+        run(tmp_path / "b").train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-1"))
+        resumed = [e for e in fake.events if e[0] == "reload"]
+    finally:
+        fake.server.close()
+    assert [e[0] for e in fake.events][:3] == ["reload", "reset_prefix_cache", "sample"]
+    assert [e[1].rsplit("-", 1)[1] for e in resumed] == ["1", "2"]  # from step 1 on, as the uninterrupted run
+    for got, want in zip(resumed, full[1:]):  # the restored weights, then the same update from them
+        assert got[2].keys() == want[2].keys()
+        assert all(torch.allclose(got[2][n], want[2][n], atol=1e-6) for n in want[2])
