@@ -312,7 +312,7 @@ def timer_response_tokens(trainer) -> float | None:
 
 
 def make_trainer(impl: str, mode: str, size: str, updates: int, out_dir: str, timer: UpdateTimer,
-                 overrides: dict | None = None, base_dtype: str = "float32"):
+                 overrides: dict | None = None, base_dtype: str = "float32", full_length: bool = False):
     if size == "smollm2":
         tokenizer, train, evals, (policy, ref, reward, value) = smollm2_setup(mode, base_dtype)
     else:
@@ -322,6 +322,12 @@ def make_trainer(impl: str, mode: str, size: str, updates: int, out_dir: str, ti
         train = data["unlabeled"].map(tok, batched=True, remove_columns=["prompt"])
         evals = data["eval"].map(tok, batched=True, remove_columns=["prompt"])
         policy, ref, reward, value = build_models(size, mode, impl, tokenizer)
+    if full_length:
+        # before the trainers are built: ours takes its stop tokens from the model's generation_config when
+        # stop_token is None (trl 1.12 reads it at each generate call)
+        for m in (policy, ref):
+            if m is not None and getattr(m, "generation_config", None) is not None:
+                m.generation_config.eos_token_id = None
     if impl == "ours" and (overrides or {}).get("value_head_on_policy"):
         value = None  # the value head sits on the policy; no value model is built for it
     models = [m for m in (policy, ref, reward, value) if m is not None]
@@ -405,7 +411,12 @@ def main(argv=None) -> None:
             # at the EOS of the model's generation_config (transformers fills unset fields from it), so it is unset
             overrides.update(stop_token=None, missing_eos_penalty=None)
         trainer, weights, models = make_trainer(args.impl, args.mode, args.size, args.updates, out_dir, timer,
-                                                overrides, args.base_dtype)
+                                                overrides, args.base_dtype, args.full_length)
+        if args.full_length and args.impl == "ours":
+            # with stop_token=None our trainer still stops at the tokenizer's EOS when the model names none; here
+            # nothing stops a sample (no truncation either), as in trl 1.12 with the EOS unset
+            trainer.stop_token_ids = []
+            trainer.generation_config.eos_token_id = trainer.greedy_generation_config.eos_token_id = None
         if args.full_length:
             for m in (models["policy"], models["ref"]):
                 if m is not None and getattr(m, "generation_config", None) is not None:
