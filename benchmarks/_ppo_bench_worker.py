@@ -407,8 +407,8 @@ def main(argv=None) -> None:
             key, _, value = item.partition("=")
             overrides[key] = yaml.safe_load(value)
         if args.full_length:
-            # no stop token: our rollout then samples response_length tokens; trl 1.12's generate would still stop
-            # at the EOS of the model's generation_config (transformers fills unset fields from it), so it is unset
+            # no stop token; trl 1.12's generate would still stop at the EOS of the model's generation_config
+            # (transformers fills unset fields from it), so make_trainer unsets it
             overrides.update(stop_token=None, missing_eos_penalty=None)
         trainer, weights, models = make_trainer(args.impl, args.mode, args.size, args.updates, out_dir, timer,
                                                 overrides, args.base_dtype, args.full_length)
@@ -417,10 +417,6 @@ def main(argv=None) -> None:
             # nothing stops a sample (no truncation either), as in trl 1.12 with the EOS unset
             trainer.stop_token_ids = []
             trainer.generation_config.eos_token_id = trainer.greedy_generation_config.eos_token_id = None
-        if args.full_length:
-            for m in (models["policy"], models["ref"]):
-                if m is not None and getattr(m, "generation_config", None) is not None:
-                    m.generation_config.eos_token_id = None
         if phases:
             phases.install(trainer, models)
         gc.collect()
