@@ -221,14 +221,18 @@ class PPOTrainer(_BaseTrainer):
             raise ValueError("use_vllm=True with a PEFT policy needs LoRA layers in the policy adapter (vLLM loads "
                              "LoRA adapters only): pass peft_config=LoraConfig(...), or set use_vllm=False to "
                              "sample with model.generate.")
-        if not self.is_peft and (self.is_fsdp_enabled or (
-                self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3)):
+        if not self.is_peft and self._weights_sharded_across_processes():
             raise ValueError("use_vllm=True with a full-weight policy sharded across processes (FSDP or DeepSpeed "
                              "ZeRO-3) is not supported: the main process writes the whole policy for the server "
                              "after each update. Use ZeRO-2 or plain data parallelism, a LoRA policy "
                              "(peft_config=...), or use_vllm=False.")
         vocab = wrapper.policy.get_output_embeddings().weight.shape[0]
         return VLLMRolloutEngine(self.args, self.processing_class, vocab, self.accelerator.is_main_process)
+
+    def _weights_sharded_across_processes(self) -> bool:
+        """FSDP or DeepSpeed ZeRO-3: no process holds the whole policy."""
+        return self.is_fsdp_enabled or (self.is_deepspeed_enabled and
+                                        self.accelerator.state.deepspeed_plugin.zero_stage == 3)
 
     def _check_merge_for_generation(self, wrapper: PolicyAndValue) -> None:
         """``merge_adapter_for_generation`` needs LoRA layers of the policy adapter in full-precision, unsharded
@@ -240,8 +244,7 @@ class PPOTrainer(_BaseTrainer):
         if is_quantized(wrapper.policy.get_base_model()):
             raise ValueError("merge_adapter_for_generation=True cannot merge the LoRA adapter into a 4-bit/8-bit "
                              f"quantized base exactly (QLoRA). {fix}")
-        if self.is_fsdp_enabled or (self.is_deepspeed_enabled and
-                                    self.accelerator.state.deepspeed_plugin.zero_stage == 3):
+        if self._weights_sharded_across_processes():
             raise ValueError("merge_adapter_for_generation=True cannot merge into weights sharded across processes "
                              f"(FSDP, DeepSpeed ZeRO-3). {fix}")
         if not lora_layers_of(wrapper._layers, self.policy_adapter):

@@ -48,7 +48,6 @@ class VLLMRolloutEngine:
         self._prefix = "icegrt-" + hashlib.sha1(self.adapter_dir.encode()).hexdigest()[:8]
         self.loaded: str | None = None  # the name to sample from: the adapter's, or the base model's
         self._loaded_folder: str | None = None
-        self._full_weights = False
         self.synced_step: int | None = None
 
     def sync_policy(self, policy, adapter_name: str | None, step: int, barrier=None) -> str:
@@ -76,7 +75,6 @@ class VLLMRolloutEngine:
         if barrier is not None:
             barrier()
         self.loaded, self._loaded_folder, self.synced_step = name, folder, step
-        self._full_weights = adapter_name is None
         return name
 
     def release(self) -> None:
@@ -86,7 +84,7 @@ class VLLMRolloutEngine:
         if self.loaded is None:
             return
         if self.is_main_process:
-            if not self._full_weights:
+            if self.loaded != self.base_model:  # an adapter; reloaded full weights have nothing to unload
                 try:
                     self.client.unload_adapter(self.loaded)
                 except (ConnectionError, TimeoutError, VLLMServerError) as err:
