@@ -103,6 +103,46 @@ def test_lora_checkpointing_bf16_ppo_on_smollm2(tmp_path, smollm2_dir, smol_tok,
         assert msg[0]["content"] == smol_tok.decode(cid, skip_special_tokens=True).strip()
 
 
+class RecordScores(PPOHook):
+    def __init__(self):
+        self.batches = []
+
+    def on_scores(self, batch, trainer):
+        self.batches.append({k: batch[k] for k in ("prompts", "completions_text", "scores", "query_responses",
+                                                   "query_response_mask")})
+
+
+def test_a_chat_reward_model_is_scored_on_the_chat_template_rendering_it_was_trained_on(tmp_path, smol_tok):
+    """With the policy's own tokenizer, a conversational rollout is scored on prompt + completion rendered through
+    the chat template (ChatML closes the turn with ``<|im_end|>`` and ``\\n``, where the RewardTrainer reads the
+    reward), not on the policy's token ids, which end at ``<|im_end|>``: scored there, a GRM reward model of the
+    SmolLM2 recipe ranked the policy's answers against its gold reward (Spearman -0.27 against +0.55)."""
+    from icegrt_trl.testbed import tiny_causal_lm, tiny_sequence_classifier
+
+    small = dict(hidden_size=32, num_layers=1, num_heads=2)
+    rm = tiny_sequence_classifier("llama", smol_tok, seed=1, **small).eval()
+    prompts = Dataset.from_dict({"prompt": [[{"role": "user", "content": q}] for q in QUESTIONS[:4]]})
+    args = PPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], per_device_train_batch_size=4,
+                     num_ppo_epochs=1, max_steps=1, response_length=6, stop_token="eos", bf16=False,
+                     gradient_checkpointing=False, missing_eos_penalty=None, save_strategy="no",
+                     disable_tqdm=True, num_sample_generations=0, seed=0)
+    hook = RecordScores()
+    PPOTrainer(args=args, processing_class=smol_tok, model=tiny_causal_lm("llama", smol_tok, seed=0, **small),
+               reward_model=rm, train_dataset=prompts, plugins=[hook]).train()
+    batch = hook.batches[0]
+    closing = smol_tok.apply_chat_template([{"role": "assistant", "content": "x"}], tokenize=False)
+    assert closing.endswith("x<|im_end|>\n")  # the template writes a token after the EOS
+    with torch.no_grad():
+        for i, (prompt, text) in enumerate(zip(batch["prompts"], batch["completions_text"])):
+            rendered = smol_tok.apply_chat_template(prompt + [{"role": "assistant", "content": text.strip()}],
+                                                    tokenize=True, return_dict=False)
+            expected = rm(input_ids=torch.tensor([rendered])).logits[0, 0]
+            assert batch["scores"][i].item() == pytest.approx(expected.item(), abs=1e-5)
+            policy_ids = batch["query_responses"][i][batch["query_response_mask"][i].bool()]
+            on_policy_ids = rm(input_ids=policy_ids[None]).logits[0, 0]
+            assert abs(on_policy_ids.item() - expected.item()) > 1e-4  # the old way read another position
+
+
 def test_completion_text_keeps_a_bpe_tokenizers_spaces(smol_tok):
     prompt = smol_tok("What is 2 plus 3? The answer is", add_special_tokens=False)["input_ids"]
     glued = smol_tok("5", add_special_tokens=False)["input_ids"]  # no space token: the policy wrote "5"

@@ -1,8 +1,12 @@
 """Reward sources behind one interface: ``source(batch) -> scores [B]`` (float32, on the batch's device).
 
-* :class:`ModelReward` — a sequence-classification reward model. With the policy's tokenizer it scores the policy's
-  token ids directly; with its own tokenizer (another family or a bigger size, ICE-GRT's "reward size scaling") the
-  text is decoded and re-tokenized, through that tokenizer's chat template when the prompt is conversational.
+* :class:`ModelReward` — a sequence-classification reward model, scored on the sequences it was trained on. A
+  conversational prompt is rendered with the completion through the reward tokenizer's chat template (as TRL's GRPO
+  does, and as the RewardTrainer trains): the template closes the assistant turn with tokens the policy never writes
+  (ChatML: ``<|im_end|>`` then ``\n``), and the reward is read at the last one. A plain-text prompt with the
+  policy's tokenizer is scored on the policy's token ids directly (they end with the EOS the RewardTrainer
+  appends); with another tokenizer (another family or a bigger size, ICE-GRT's "reward size scaling") its text is
+  decoded and re-tokenized.
 * :class:`CallableReward` — ``fn(prompts, completions, **kwargs) -> list[float]`` as GRPO's reward functions.
 
 Bad outputs (wrong count, NaN, inf, None) raise before any weight changes: scoring precedes every update.
@@ -70,10 +74,18 @@ class ModelReward:
                 out.append(bos + prompt_text + completion + ((tok.eos_token or "") if ended else ""))
         return out
 
+    def _reads_policy_tokens(self, batch) -> bool:
+        """Whether the policy's token ids are the reward model's input as they are. Not for a conversational
+        prompt: scored on the policy's ids, a ChatML reward model would be read at ``<|im_end|>`` instead of the
+        ``\n`` after it where it was trained, a position whose score can even be anti-correlated with the
+        trained one's."""
+        conversational = isinstance(batch["prompts"][0], list) and getattr(self.tokenizer, "chat_template", None)
+        return self.same_tokenizer and not conversational
+
     @torch.no_grad()
     def __call__(self, batch: dict[str, Any]) -> torch.Tensor:
         device = next(self.model.parameters()).device
-        if self.same_tokenizer:
+        if self._reads_policy_tokens(batch):
             ids, mask = batch["query_responses"], batch["query_response_mask"]
         else:
             side, self.tokenizer.padding_side = self.tokenizer.padding_side, "right"
