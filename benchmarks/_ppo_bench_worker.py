@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+from pathlib import Path
 import gc
 import json
 import os
@@ -379,6 +380,7 @@ def main(argv=None) -> None:
     p.add_argument("--updates", type=int, default=4, help="PPO updates, the first one is warm-up (not timed)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (same on both sides)")
     p.add_argument("--profile", help="write cProfile stats of train() to this path")
+    p.add_argument("--torch-profile", help="write torch.profiler's operator table of train() (self CPU time) here")
     p.add_argument("--phases", action="store_true", help="split each update's time into phases (small overhead)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -427,7 +429,13 @@ def main(argv=None) -> None:
         t0 = time.perf_counter()
         if prof:
             prof.enable()
-        trainer.train()
+        if args.torch_profile:
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as tprof:
+                trainer.train()
+            Path(args.torch_profile).write_text(tprof.key_averages().table(sort_by="self_cpu_time_total",
+                                                                           row_limit=40))
+        else:
+            trainer.train()
         if prof:
             prof.disable()
         total = time.perf_counter() - t0
@@ -452,7 +460,6 @@ def main(argv=None) -> None:
     }
     if args.impl == "ours":  # which version of our trainer was measured
         import hashlib
-        from pathlib import Path
 
         import icegrt_trl.ppo as ours_pkg
 
