@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-from pathlib import Path
 import gc
 import json
 import os
@@ -27,6 +26,7 @@ import tempfile
 import threading
 import time
 import warnings
+from pathlib import Path
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
