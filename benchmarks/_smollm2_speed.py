@@ -13,19 +13,24 @@ import torch
 BASE = dict(batch=8, response_length=24, ppo_epochs=2)
 
 
+def best_seconds(fn, reps: int) -> float:
+    """Fastest of `reps` timed calls of `fn`, after one untimed warm-up call."""
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def matmul_peak(threads: int, n: int = 2048, reps: int = 6) -> dict[str, float]:
     """Best GFLOP/s of an n×n×n matmul in fp32 and bf16 on `threads` threads (what the hardware gives a GEMM)."""
     torch.set_num_threads(threads)
     out = {}
     for dtype in (torch.float32, torch.bfloat16):
         a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-        a @ b
-        best = float("inf")
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            a @ b
-            best = min(best, time.perf_counter() - t0)
-        out[str(dtype).removeprefix("torch.")] = 2 * n ** 3 / best / 1e9
+        out[str(dtype).removeprefix("torch.")] = 2 * n ** 3 / best_seconds(lambda: a @ b, reps) / 1e9
     return out
 
 

@@ -9,19 +9,13 @@ view and of a contiguous copy with SmolLM2's head shape (vocabulary 49152, hidde
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from _smollm2_speed import best_seconds
 
 
 def best_ms(fn, reps: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best * 1e3
+    return best_seconds(fn, reps) * 1e3
 
 
 def main(argv=None) -> None:

@@ -16,30 +16,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
+from _smollm2_speed import best_seconds
 
 D, KV, FF, LAYERS, VOCAB = 576, 192, 1536, 30, 49152
 LAYER_LINEARS = [(D, D), (KV, D), (KV, D), (D, D), (FF, D), (FF, D), (D, FF)]  # (out, in): q k v o gate up down
 
 
-def best_time(fn, reps: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def linear_times(m: int, out: int, inp: int, dtype, reps: int) -> dict[str, float]:
     """Seconds of y = x Wᵀ ([m, in] × [in, out]) and of its backward products dX = dY W and dW = dYᵀ X."""
     x, w, dy = torch.randn(m, inp, dtype=dtype), torch.randn(out, inp, dtype=dtype), torch.randn(m, out, dtype=dtype)
-    return {"fwd": best_time(lambda: torch.nn.functional.linear(x, w), reps),
-            "dx": best_time(lambda: dy @ w, reps),
-            "dw": best_time(lambda: dy.t() @ x, reps)}
+    return {"fwd": best_seconds(lambda: torch.nn.functional.linear(x, w), reps),
+            "dx": best_seconds(lambda: dy @ w, reps),
+            "dw": best_seconds(lambda: dy.t() @ x, reps)}
 
 
 def forward_s(m: int, head_rows: int, dtype, reps: int, backward: bool, cache: dict) -> tuple[float, float]:

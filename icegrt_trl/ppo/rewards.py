@@ -65,7 +65,7 @@ class ModelReward:
         tok, out = self.tokenizer, []
         rows = zip(batch["prompts"], batch["prompt_texts"], batch["completions_text"], batch["ended"].tolist())
         for prompt, prompt_text, completion, ended in rows:
-            if isinstance(prompt, list) and getattr(tok, "chat_template", None):
+            if self._renders_chat(prompt):
                 msgs = prompt + [{"role": "assistant", "content": completion.strip()}]
                 out.append(tok.apply_chat_template(msgs, tokenize=False))
             else:  # the BOS a Llama-family tokenizer adds in training, never an EOS the policy did not write
@@ -74,13 +74,16 @@ class ModelReward:
                 out.append(bos + prompt_text + completion + ((tok.eos_token or "") if ended else ""))
         return out
 
+    def _renders_chat(self, prompt) -> bool:
+        """A conversational prompt, and a reward tokenizer with a chat template to render it."""
+        return isinstance(prompt, list) and bool(getattr(self.tokenizer, "chat_template", None))
+
     def _reads_policy_tokens(self, batch) -> bool:
         """Whether the policy's token ids are the reward model's input as they are. Not for a conversational
         prompt: scored on the policy's ids, a ChatML reward model would be read at ``<|im_end|>`` instead of the
         ``\n`` after it where it was trained, a position whose score can even be anti-correlated with the
         trained one's."""
-        conversational = isinstance(batch["prompts"][0], list) and getattr(self.tokenizer, "chat_template", None)
-        return self.same_tokenizer and not conversational
+        return self.same_tokenizer and not self._renders_chat(batch["prompts"][0])
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, Any]) -> torch.Tensor:
