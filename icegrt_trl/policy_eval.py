@@ -12,7 +12,7 @@ from datasets import Dataset
 
 from .ppo.core import truncate_at_stop
 from .ppo.data import left_pad, prepare_prompt_dataset
-from .ppo.generation import isolated_generation, rollout_generation_config
+from .ppo.generation import generate_rollouts, rollout_generation_config
 
 
 def sequence_logprob(model, sequences: torch.Tensor, attention_mask: torch.Tensor, context_length: int,
@@ -48,8 +48,7 @@ def sampled_kl(policy, reference, tokenizer, prompts: list, max_new_tokens: int 
         for start in range(0, len(ids), batch_size):
             q, m = left_pad(ids[start:start + batch_size], tokenizer.pad_token_id)
             q, m = q.to(device), m.to(device)
-            with isolated_generation(policy):
-                seq = policy.generate(input_ids=q, attention_mask=m, generation_config=gen)
+            seq = generate_rollouts(policy, q, m, gen)
             width = q.shape[1]
             resp, resp_mask, _ = truncate_at_stop(seq[:, width:], stop, tokenizer.pad_token_id)
             full = torch.cat([q, resp], 1)

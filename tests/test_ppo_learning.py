@@ -35,12 +35,14 @@ def scores(trainer):
 
 def test_reward_callable_learns(tmp_path, prompts):
     tok = build_tokenizer()
-    t = PPOTrainer(args=cfg(tmp_path), processing_class=tok, model=tiny_causal_lm("llama", tok, **SMALL),
-                   reward_model=starts_with_one, train_dataset=prompts)
+    # 64 steps: over seeds 0-3 the last two logged scores reached 0.86-0.97 (after 32 steps they ranged 0.11-0.52,
+    # too close to the start to tell learning from a lucky sampling stream)
+    t = PPOTrainer(args=cfg(tmp_path, max_steps=64), processing_class=tok,
+                   model=tiny_causal_lm("llama", tok, **SMALL), reward_model=starts_with_one, train_dataset=prompts)
     t.train()
     s = scores(t)
     assert s[0] < 0.15  # a random policy rarely starts with "1"
-    assert sum(s[-2:]) / 2 > s[0] + 0.3, s
+    assert sum(s[-2:]) / 2 > s[0] + 0.5, s
 
 
 def test_qlora_4bit_cpu_learns_and_trains_both_adapters(tmp_path, sft_policy_dir):

@@ -30,9 +30,12 @@ def cfg(tmp_path, **kw):
 
 
 def trainer_for(tmp_path, prompts, seed=0, **kw):
+    """``seed``: the model's; PPOConfig's own seed (sampling) is ``run_seed``."""
     tok = build_tokenizer()
     model = tiny_causal_lm("llama", tok, seed=seed, **SMALL)
     plugins = kw.pop("plugins", None)
+    if "run_seed" in kw:
+        kw["seed"] = kw.pop("run_seed")
     return PPOTrainer(args=cfg(tmp_path, **kw), processing_class=tok, model=model, reward_model=gold_reward,
                       train_dataset=prompts, plugins=plugins)
 
@@ -178,9 +181,10 @@ def test_kl_in_the_loss_leaves_it_out_of_the_rewards(tmp_path, prompts):
 
 
 def test_reward_options_change_what_ppo_optimizes(tmp_path, prompts):
-    base = one_rollout(tmp_path / "base", prompts)._last_rollout
+    # run_seed 1: a rollout in which some of the 8 samples end with EOS and some do not (asserted below)
+    base = one_rollout(tmp_path / "base", prompts, run_seed=1)._last_rollout
     t = one_rollout(tmp_path / "opts", prompts, whiten_rewards=True, missing_eos_penalty=1.0, kl_estimator="k2",
-                    reward_scaling="running_std", reward_clip=1.0)
+                    reward_scaling="running_std", reward_clip=1.0, run_seed=1)
     b = t._last_rollout
     assert torch.equal(b["responses"], base["responses"])  # same samples: every difference below is the options'
     # missing_eos_penalty: 1 subtracted from the gold score of responses without EOS

@@ -115,8 +115,9 @@ def test_rollout_logprobs_with_logits_to_keep_equal_full_forward(tmp_path, tok, 
     torch.manual_seed(0)
     model = tiny_causal_lm("llama", tok, **SMALL) if model_cls == "llama" else \
         NoLogitsToKeep(tiny_config("llama", tok, **SMALL))
-    t = PPOTrainer(args=cfg(tmp_path, max_steps=1), processing_class=tok, model=model, reward_model=gold_reward,
-                   train_dataset=prompts)
+    # learning rate 0: the policy after train() is the one that produced the rollout's log-probs
+    t = PPOTrainer(args=cfg(tmp_path, max_steps=1, learning_rate=0.0), processing_class=tok, model=model,
+                   reward_model=gold_reward, train_dataset=prompts)
     t.train()
     b = t._last_rollout
     c = b["context_length"]

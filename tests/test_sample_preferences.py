@@ -18,6 +18,13 @@ def test_one_pair_per_prompt_with_different_scores():
     assert (rows[1]["chosen"], rows[1]["rejected"], rows[1]["score_chosen"]) == ("v", "u", 1.0)
 
 
+def test_an_empty_sample_is_never_paired():
+    rows = pairs_from_samples(["p1", "p2", "p3"], [["", "b", "c"], [" ", "y"], [[{"role": "assistant", "content": ""}],
+                                                                              [{"role": "assistant", "content": "v"}]]],
+                              [[0.0, 0.9, 0.2], [0.0, 1.0], [0.0, 1.0]], random.Random(0))
+    assert [(r["prompt"], r["chosen"], r["rejected"]) for r in rows] == [("p1", "b", "c")]  # p2, p3: one answer only
+
+
 def test_flip_labels_swaps_answers_and_scores():
     rows = [{"chosen": "good", "rejected": "bad", "score_chosen": 1.0, "score_rejected": 0.0} for _ in range(1000)]
     flipped = flip_labels(rows, 0.2, random.Random(0))

@@ -31,7 +31,7 @@ from ..plugins.registry import resolve_plugin
 from . import core
 from .config import PPOConfig
 from .data import decode_completions, is_conversational_prompt, left_pad, prepare_prompt_dataset, prepare_ptx_rows
-from .generation import isolated_generation, log_ignored_generation_settings, rollout_generation_config
+from .generation import generate_rollouts, log_ignored_generation_settings, rollout_generation_config
 from .checkpoints import (load_policy_and_value, load_rollout, read_ppo_state, save_policy_and_value, save_rollout,
                           write_ppo_state)
 from .modeling import (PolicyAndValue, adapter_scope, assemble_models, attention_implementation,
@@ -472,13 +472,13 @@ class PPOTrainer(_BaseTrainer):
             torch.arange(n, device=queries.device)
         merged = merged_adapter(wrapper._layers, self.policy_adapter) if args.merge_adapter_for_generation \
             else contextlib.nullcontext()
-        with wrapper.policy_scope(), isolated_generation(wrapper.policy), self._gathered_for_generation(), \
+        with wrapper.policy_scope(), self._gathered_for_generation(), \
                 attention_implementation(wrapper.policy, self._generation_attention), merged:
             for i in range(0, n, bs):
                 idx = order[i:i + bs]
                 width = int(query_mask[idx].sum(1).max())  # left padding: the last `width` columns hold every prompt
                 q, m = queries[idx, -width:], query_mask[idx, -width:]
-                resp = wrapper.policy.generate(input_ids=q, attention_mask=m, generation_config=gen)[:, width:]
+                resp = generate_rollouts(wrapper.policy, q, m, gen)[:, width:]
                 out[idx, :resp.shape[1]] = resp
                 longest = max(longest, resp.shape[1])
         return out[:, :longest], None

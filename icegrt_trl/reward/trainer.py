@@ -64,7 +64,9 @@ class PreferenceCollator(DataCollatorForPreference):
         return out
 
 
-def _is_empty(completion) -> bool:
+def is_empty_completion(completion) -> bool:
+    """A completion with no text: None, blank, or (conversational) only blank messages. RewardTrainer refuses such
+    pairs by default (``empty_completions``)."""
     if completion is None:
         return True
     if isinstance(completion, str):
@@ -159,7 +161,7 @@ class RewardTrainer(_TRLRewardTrainer):
                 )
             policy = getattr(args, "empty_completions", "error")
             dataset, report["dropped_empty"] = self._row_policy(
-                dataset, lambda ex: _is_empty(ex["chosen"]) or _is_empty(ex["rejected"]), policy,
+                dataset, lambda ex: is_empty_completion(ex["chosen"]) or is_empty_completion(ex["rejected"]), policy,
                 "empty_completions", "an empty chosen or rejected completion", dataset_name)
             policy = getattr(args, "identical_pairs", "drop")
             dataset, report["dropped_identical"] = self._row_policy(

@@ -10,7 +10,7 @@ from datasets import Dataset
 
 from ..ppo.core import truncate_at_stop
 from ..ppo.data import decode_completions, is_conversational_prompt, left_pad, prepare_prompt_dataset
-from ..ppo.generation import isolated_generation, rollout_generation_config
+from ..ppo.generation import generate_rollouts, rollout_generation_config
 
 
 @torch.no_grad()
@@ -42,8 +42,7 @@ def sample_completions(model, tokenizer, prompts: list, n: int, temperature: flo
             chunk = [p for p in ids[start:start + per_batch] for _ in range(n)]
             q, m = left_pad(chunk, tokenizer.pad_token_id)
             width = q.shape[1]
-            with isolated_generation(model):
-                seq = model.generate(input_ids=q.to(device), attention_mask=m.to(device), generation_config=gen)
+            seq = generate_rollouts(model, q.to(device), m.to(device), gen)
             resp, mask, _ = truncate_at_stop(seq[:, width:].cpu(), stop, tokenizer.pad_token_id)
             texts = decode_completions(tokenizer, chunk, [r[: int(k)].tolist() for r, k in zip(resp, mask.sum(1))])
             for j in range(0, len(texts), n):

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 from trl import ModelConfig
 
 from ..recipe import RecipeError
+from ..reward.trainer import is_empty_completion
 from .base import DataArguments, RunContext, Stage, documented
 from .loading import load_model, load_tokenizer
 
@@ -78,12 +79,14 @@ class SamplePreferencesArguments:
 
 def pairs_from_samples(prompts: list, samples: list[list], scores: list[list[float]],
                        rng: random.Random) -> list[dict]:
-    """One pair per prompt: two samples with different scores drawn at random, the higher one chosen. A prompt whose
-    samples all score the same gives none."""
+    """One pair per prompt: two non-empty samples with different scores drawn at random, the higher one chosen. A
+    prompt whose samples all score the same gives none. An empty sample (the model stopped at once) is never paired:
+    the reward stage refuses empty completions, and there is no answer to prefer or reject."""
     rows = []
     for prompt, group, group_scores in zip(prompts, samples, scores):
         distinct = [(i, j) for i in range(len(group)) for j in range(i + 1, len(group))
-                    if group_scores[i] != group_scores[j]]
+                    if group_scores[i] != group_scores[j]
+                    and not is_empty_completion(group[i]) and not is_empty_completion(group[j])]
         if not distinct:
             continue
         i, j = rng.choice(distinct)
@@ -138,6 +141,7 @@ class SamplePreferencesStage(Stage):
                     f.write(json.dumps(row) + "\n")
         flat = [s for group in scores for s in group]
         return {"model": model_args.model_name_or_path, "prompts": len(prompts), "samples": len(flat),
+                "empty_samples": sum(is_empty_completion(c) for group in samples for c in group),
                 "mean_gold_of_samples": round(sum(flat) / len(flat), 4), "pairs": len(rows),
                 "train_pairs": len(rows) - n_test, "test_pairs": n_test,
                 "label_noise_realized": round(flipped / max(1, len(rows) - n_test), 4)}
