@@ -381,6 +381,8 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (same on both sides)")
     p.add_argument("--profile", help="write cProfile stats of train() to this path")
     p.add_argument("--torch-profile", help="write torch.profiler's operator table of train() (self CPU time) here")
+    p.add_argument("--by-shape", action="store_true",
+                   help="with --torch-profile: one row per operator and input shapes (which matmul, which buffer)")
     p.add_argument("--phases", action="store_true", help="split each update's time into phases (small overhead)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -430,10 +432,12 @@ def main(argv=None) -> None:
         if prof:
             prof.enable()
         if args.torch_profile:
-            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as tprof:
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                        record_shapes=args.by_shape) as tprof:
                 trainer.train()
-            Path(args.torch_profile).write_text(tprof.key_averages().table(sort_by="self_cpu_time_total",
-                                                                           row_limit=40))
+            table = tprof.key_averages(group_by_input_shape=args.by_shape)
+            Path(args.torch_profile).write_text(table.table(sort_by="self_cpu_time_total",
+                                                            row_limit=60 if args.by_shape else 40))
         else:
             trainer.train()
         if prof:
