@@ -6,7 +6,8 @@ A reward model trained by the RewardTrainer on chat pairs is read at the last to
 `benchmarks/smollm2_seeds.py`, this scores the held-out completions of its eval stage (the start policy's and the
 trained policies', greedy, 24 tokens at most) both ways with that run's reward model and compares each with the gold
 reward: Spearman correlation over all completions, and pairwise accuracy over the pairs of completions of one prompt
-whose gold scores differ. A completion of fewer than 24 tokens is taken to have ended with `<|im_end|>`.
+whose gold scores differ (`pairwise_accuracy_on_samples`, as the RLP stage measures it: a reward tie counts ½). A
+completion of fewer than 24 tokens is taken to have ended with `<|im_end|>`.
 
     python benchmarks/reward_scoring_position.py /tmp/smruns_v2/seed0 /tmp/smruns_v2/seed1 /tmp/smruns_v2/seed2
 """
@@ -22,6 +23,7 @@ from scipy.stats import spearmanr
 from transformers import AutoTokenizer
 
 from icegrt_trl.reward.evaluation import load_reward_model
+from icegrt_trl.rlp.sampling import pairwise_accuracy_on_samples
 from icegrt_trl.testbed.smollm2 import smollm2_path
 
 
@@ -42,13 +44,12 @@ def scores(model, sequences: list[list[int]], pad: int, batch_size: int = 32) ->
     return out
 
 
-def pairwise_accuracy(rows: list[dict], reward: list[float]) -> tuple[float, int]:
-    right = total = 0
-    for i, a in enumerate(rows):
-        for j, b in enumerate(rows):
-            if a["prompt"] == b["prompt"] and a["gold"] > b["gold"]:
-                right, total = right + (reward[i] > reward[j]), total + 1
-    return right / max(total, 1), total
+def per_prompt(rows: list[dict], values: list[float]) -> list[list[float]]:
+    """`values` (one per row) grouped by the rows' prompt, in first-seen order."""
+    groups: dict[str, list[float]] = {}
+    for row, value in zip(rows, values):
+        groups.setdefault(json.dumps(row["prompt"]), []).append(value)
+    return list(groups.values())
 
 
 def check_run(run: Path, tok, max_new_tokens: int) -> dict:
@@ -65,7 +66,7 @@ def check_run(run: Path, tok, max_new_tokens: int) -> dict:
     res = {"run": str(run), "completions": len(rows)}
     for name, seqs in (("policy_token_ids", policy_ids), ("chat_template", rendered)):
         s = scores(model, seqs, tok.pad_token_id)
-        acc, pairs = pairwise_accuracy(rows, s)
+        acc, pairs = pairwise_accuracy_on_samples(per_prompt(rows, gold), per_prompt(rows, s))
         res[name] = {"spearman_with_gold": round(float(spearmanr(gold, s)[0]), 3), "pairwise_accuracy": round(acc, 3),
                      "pairs": pairs}
     return res
