@@ -70,11 +70,18 @@ def test_lora_checkpointing_bf16_ppo_on_smollm2(tmp_path, smollm2_dir, smol_tok,
     assert trainer.ignored_generation_settings == {"repetition_penalty": 1.05}
     w = trainer.model
     start = {n: p.detach().clone() for n, p in w.named_parameters() if p.requires_grad}
+    trained_shapes = []  # the token inputs of the forwards that build a graph
+    w.policy.get_input_embeddings().register_forward_pre_hook(
+        lambda m, a: trained_shapes.append(tuple(a[0].shape)) if torch.is_grad_enabled() else None)
     trainer.train()
 
     # step-0 KL is exactly 0: policy (LoRA B = 0) = reference (adapters off), under one autocast
     assert hook.kl_exactly_zero is True
     assert trainer.state.log_history[0]["objective/kl"] == 0.0
+    # share_prompt_prefix under these defaults: the chat template's 24-token system turn ran once per forward
+    system = smol_tok.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False).split("x")[0]
+    assert len(smol_tok(system, add_special_tokens=False)["input_ids"]) == 24
+    assert (1, 24) in trained_shapes and all(s == (1, 24) or s[0] == 4 for s in trained_shapes)
     # two updates with finite metrics
     logs = [h for h in trainer.state.log_history if "loss/policy_avg" in h]
     assert len(logs) == 2

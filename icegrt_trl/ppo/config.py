@@ -234,6 +234,14 @@ class PPOConfig(_BaseConfig):
                 "instead of a forward of their own in the rollout, as TRL's GRPO does with num_iterations=1. Saves two "
                 "of the rollout's four forwards; the first PPO ratio is exactly 1 either way. Not used during value "
                 "warm-up (no policy forward then). False: always the separate rollout forward."})
+    share_prompt_prefix: bool = field(default=True, metadata={
+        "help": "Run the prompt tokens that every row of a forward starts with (a chat template's system prompt, a "
+                "fixed instruction; at least 8 tokens) once per model instead of once per row; the rows attend to "
+                "them through the KV cache. Same log-probs, values and scores up to float rounding, for the "
+                "training forwards and the reference, value and reward forwards (not generation), with or without "
+                "gradient checkpointing. Off by itself under reentrant checkpointing (use_reentrant=True), FSDP and "
+                "ZeRO-3, and for a model without a plain KV cache (an encoder reward model, sliding-window "
+                "attention). False: every row runs its whole prompt."})
     frozen_models_in_compute_dtype: bool = field(default=True, metadata={
         "help": "Under bf16/fp16: store the frozen reward and reference models' fp32 Linear weights in that dtype once "
                 "(the same bits autocast computes with), instead of casting them on every forward; embeddings and "

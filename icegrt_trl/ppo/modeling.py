@@ -18,6 +18,9 @@ import dataclasses
 import torch
 from torch import nn
 
+from .prefix import (PrefixSplit, forward_after_prefix, prefix_cache, reentrant_checkpointing_in_training,
+                     split_shared_prefix)
+
 
 def is_peft_model(model) -> bool:
     from peft import PeftModel
@@ -134,6 +137,7 @@ def _replaying(checkpoint_fn, layers: list):
         return checkpoint_fn(replay, *args, **kwargs)
 
     checkpoint_with_adapter_state._icegrt_adapter_aware = True
+    checkpoint_with_adapter_state.__wrapped__ = checkpoint_fn  # read by prefix.reentrant_checkpointing
     return checkpoint_with_adapter_state
 
 
@@ -252,9 +256,31 @@ def attention_implementation(model: nn.Module, implementation: str | None):
         target.set_attn_implementation(previous)
 
 
+def lm_output(model: nn.Module, input_ids, attention_mask, position_ids, split: PrefixSplit | None = None,
+              logits_to_keep: int = 0, **kwargs):
+    """A causal LM's output (no cache kept) on the inputs, or, with ``split`` (the same inputs, their shared prefix
+    taken out), on each row's rest after the prefix run once — unless the model keeps no KV cache. Logits are read
+    from the right either way."""
+    cache = prefix_cache(model, split, **logits_kwargs(model, 1)) if split is not None else None
+    if cache is not None:
+        return forward_after_prefix(model, split, cache, **logits_kwargs(model, logits_to_keep), **kwargs)
+    return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
+                 **logits_kwargs(model, logits_to_keep), **kwargs)
+
+
 def position_ids_from(mask: torch.Tensor) -> torch.Tensor:
     """Positions that skip left padding, as generation uses them."""
     return (mask.cumsum(1) - 1).clamp(min=0)
+
+
+def _body_forward(body: nn.Module, input_ids, attention_mask, position_ids, prefix: PrefixSplit | None):
+    """The body's last hidden state ``[B, W]``; with ``prefix``, ``[B, W - P]`` after the shared prefix run once
+    (or ``[B, W]`` from a plain forward, if the body keeps no KV cache: callers read positions from the right)."""
+    cache = prefix_cache(body, prefix) if prefix is not None else None
+    if cache is not None:
+        return forward_after_prefix(body, prefix, cache).last_hidden_state
+    return body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                use_cache=False).last_hidden_state
 
 
 class ValueModel(nn.Module):
@@ -289,11 +315,11 @@ class ValueModel(nn.Module):
     def body(self) -> nn.Module:
         return self.backbone if self.adapter is None else self._shared_backbone
 
-    def forward(self, input_ids, attention_mask, position_ids=None):
+    def forward(self, input_ids, attention_mask, position_ids=None, prefix: PrefixSplit | None = None):
+        """Values ``[B, W]``; with ``prefix`` (inputs already split) the values of its rest, ``[B, W - P]``."""
         ctx = adapter_scope(self._peft_model, self.adapter, self._layers) if self.adapter else contextlib.nullcontext()
         with ctx:
-            h = self.body()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                            use_cache=False).last_hidden_state
+            h = _body_forward(self.body(), input_ids, attention_mask, position_ids, prefix)
         return self.values_from_hidden(h)
 
     def values_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -317,11 +343,10 @@ class SharedValueHead(ValueModel):
     def body(self) -> None:
         return None
 
-    def forward(self, input_ids, attention_mask, position_ids=None):
+    def forward(self, input_ids, attention_mask, position_ids=None, prefix: PrefixSplit | None = None):
         ctx = adapter_scope(self._policy, self._policy_adapter) if self._policy_adapter else contextlib.nullcontext()
         with ctx:
-            h = backbone_of(self._policy)(input_ids=input_ids, attention_mask=attention_mask,
-                                          position_ids=position_ids, use_cache=False).last_hidden_state
+            h = _body_forward(backbone_of(self._policy), input_ids, attention_mask, position_ids, prefix)
         return self.values_from_hidden(h)
 
 
@@ -352,29 +377,35 @@ class PolicyAndValue(nn.Module):
         return adapter_scope(self.policy, self.policy_adapter, self._layers) if self.policy_adapter \
             else contextlib.nullcontext()
 
-    def forward(self, input_ids, attention_mask, position_ids=None, policy: bool = True, logits_to_keep: int = 0):
-        """``logits_to_keep > 0``: the policy's LM head runs on the last that many positions only (the responses,
+    def forward(self, input_ids, attention_mask, position_ids=None, policy: bool = True, logits_to_keep: int = 0,
+                prefix_length: int = 0):
+        """``(logits, values)``, both to be read from the right (their width is W, or W - prefix_length).
+
+        ``logits_to_keep > 0``: the policy's LM head runs on the last that many positions only (the responses,
         right-aligned), not on every prompt position — with a 49k vocabulary the head and the log-softmax over its
-        output are a large share of a forward."""
+        output are a large share of a forward. ``prefix_length > 0``: every row starts with those same real tokens
+        (see :mod:`icegrt_trl.ppo.prefix`); each model runs them once and the rows' rest after them. Ignored under
+        reentrant activation checkpointing in training (the prefix would get no gradient)."""
         position_ids = position_ids if position_ids is not None else position_ids_from(attention_mask)
+        split = split_shared_prefix(input_ids, attention_mask, prefix_length) \
+            if prefix_length > 0 and not reentrant_checkpointing_in_training(self) else None
         if self.value_model.shared:
-            return self._shared_forward(input_ids, attention_mask, position_ids, policy, logits_to_keep)
-        values = self.value_model(input_ids, attention_mask, position_ids)
+            return self._shared_forward(input_ids, attention_mask, position_ids, policy, logits_to_keep, split)
+        values = self.value_model(input_ids, attention_mask, position_ids, prefix=split)
         logits = None
         if policy:
             with self.policy_scope():
-                logits = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                     use_cache=False, **logits_kwargs(self.policy, logits_to_keep)).logits
+                logits = lm_output(self.policy, input_ids, attention_mask, position_ids, split, logits_to_keep).logits
         return logits, values
 
-    def _shared_forward(self, input_ids, attention_mask, position_ids, policy: bool, logits_to_keep: int):
+    def _shared_forward(self, input_ids, attention_mask, position_ids, policy: bool, logits_to_keep: int,
+                        split: PrefixSplit | None = None):
         """One policy forward for logits and values (``SharedValueHead``). The values read the last hidden state
         (post-norm in transformers' decoders); in value warm-up (``policy=False``) it is detached, so that only the
         head learns and the policy stays as it is."""
         with self.policy_scope():
-            out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                              use_cache=False, output_hidden_states=True,
-                              **logits_kwargs(self.policy, logits_to_keep if policy else 1))
+            out = lm_output(self.policy, input_ids, attention_mask, position_ids, split,
+                            logits_to_keep if policy else 1, output_hidden_states=True)
         hidden = out.hidden_states[-1]
         values = self.value_model.values_from_hidden(hidden if policy else hidden.detach())
         return (out.logits if policy else None), values

@@ -21,6 +21,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .data import special_tokens_added
+from .prefix import forward_after_prefix, prefix_cache, prefix_length_to_share, split_shared_prefix
 
 
 def _name(obj) -> str:
@@ -39,6 +40,7 @@ class ModelReward:
     def __init__(self, model: PreTrainedModel, policy_tokenizer: PreTrainedTokenizerBase,
                  tokenizer: PreTrainedTokenizerBase | None = None, batch_size: int = 64):
         self.model, self.batch_size, self.name = model, batch_size, _name(model)
+        self.share_prompt_prefix = False  # PPOTrainer turns it on with PPOConfig.share_prompt_prefix
         self.model.eval().requires_grad_(False)
         if tokenizer is None:
             vocab = getattr(model.config, "vocab_size", None)
@@ -100,11 +102,21 @@ class ModelReward:
         ids, mask = ids.to(device), mask.to(device)
         scores = []
         for i in range(0, ids.shape[0], self.batch_size):
-            m = mask[i:i + self.batch_size]
-            pos = (m.cumsum(1) - 1).clamp(min=0)
-            logits = self.model(input_ids=ids[i:i + self.batch_size], attention_mask=m, position_ids=pos).logits
-            scores.append(logits[:, 0].float())
+            scores.append(self._score_rows(ids[i:i + self.batch_size], mask[i:i + self.batch_size]))
         return torch.cat(scores).to(batch["scores_device"])
+
+    def _score_rows(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """One score per row; a prefix every row shares runs once (``share_prompt_prefix``) when the model keeps a
+        KV cache. The classifier reads its last non-pad position among the inputs it is given, then the rest."""
+        shared = prefix_length_to_share(ids, mask) if self.share_prompt_prefix else 0
+        cache = None
+        if shared:
+            split = split_shared_prefix(ids, mask, shared)
+            cache = prefix_cache(self.model, split)
+        if cache is not None:
+            return forward_after_prefix(self.model, split, cache).logits[:, 0].float()
+        pos = (mask.cumsum(1) - 1).clamp(min=0)
+        return self.model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, 0].float()
 
 
 class CallableReward:

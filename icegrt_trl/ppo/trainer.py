@@ -35,9 +35,10 @@ from .generation import generate_rollouts, log_ignored_generation_settings, roll
 from .checkpoints import (load_policy_and_value, load_rollout, read_ppo_state, save_policy_and_value, save_rollout,
                           write_ppo_state)
 from .modeling import (PolicyAndValue, adapter_scope, assemble_models, attention_implementation,
-                       contiguous_lm_head_input, hold_matmul_weights_in, is_quantized, logits_kwargs,
+                       contiguous_lm_head_input, hold_matmul_weights_in, is_quantized, lm_output,
                        lora_layers_of, merged_adapter, position_ids_from, use_eager_attention)
 from .plugins import HOOK_NAMES, run_hooks
+from .prefix import prefix_length_to_share, reentrant_checkpointing, split_shared_prefix
 from .rewards import build_reward_sources
 
 
@@ -200,6 +201,10 @@ class PPOTrainer(_BaseTrainer):
         for s in self.reward_sources:
             if hasattr(s, "model"):
                 s.model = self._prepare_frozen(s.model, self._frozen_dtype())
+        self._share_prompt_prefix = args.share_prompt_prefix and not self._weights_sharded_across_processes()
+        for s in self.reward_sources:
+            if hasattr(s, "model"):
+                s.share_prompt_prefix = self._share_prompt_prefix
         if args.merge_adapter_for_generation:
             self._check_merge_for_generation(wrapper)
         self.vllm_engine = self._connect_vllm(wrapper) if args.use_vllm else None
@@ -423,6 +428,15 @@ class PPOTrainer(_BaseTrainer):
         return (self.args.reuse_first_training_forward and self.micro_steps_per_epoch == 1
                 and not self.value_warmup.active)
 
+    def _prompt_prefix_length(self, ids: torch.Tensor, mask: torch.Tensor, context_length: int) -> int:
+        """How many leading prompt tokens, the same in every row, a forward of these rows runs once
+        (``share_prompt_prefix``); 0 when off, under reentrant activation checkpointing (the prefix would get no
+        gradient), or with weights sharded across processes (a second forward per model would gather them twice).
+        The rollout's forwards decide as the training forward does, so that step 0's KL stays exactly 0."""
+        if not self._share_prompt_prefix or reentrant_checkpointing(self._unwrapped()):
+            return 0
+        return prefix_length_to_share(ids, mask, context_length)
+
     def _unwrapped(self) -> PolicyAndValue:
         return self.accelerator.unwrap_model(self.model)
 
@@ -515,21 +529,22 @@ class PPOTrainer(_BaseTrainer):
         for i in range(0, qr.shape[0], bs):
             ids, m = qr[i:i + bs], mask[i:i + bs]
             pos = position_ids_from(m)
+            # the training forward of these rows takes out the same prefix: bit-equal at step 0 (KL exactly 0)
+            shared = self._prompt_prefix_length(ids, m, context_length)
             if policy:
-                logits, values = wrapper(ids, m, pos, logits_to_keep=keep)
+                logits, values = wrapper(ids, m, pos, logits_to_keep=keep, prefix_length=shared)
                 logits = logits[:, -keep:-1]
                 lps.append(response_logprobs(logits, responses[i:i + bs], args.temperature))
                 if with_entropy:
                     ents.append(response_entropies(logits, args.temperature))
                 del logits
-                vals.append(values[:, context_length - 1:-1].float())
+                vals.append(values[:, -keep:-1].float())
+            split = split_shared_prefix(ids, m, shared) if shared else None
             if self.ref_model is not None:
-                ref_logits = self.ref_model(input_ids=ids, attention_mask=m, position_ids=pos, use_cache=False,
-                                            **logits_kwargs(self.ref_model, keep)).logits
+                ref_logits = lm_output(self.ref_model, ids, m, pos, split, keep).logits
             else:
                 with self._ref_scope():
-                    ref_logits = wrapper.policy(input_ids=ids, attention_mask=m, position_ids=pos, use_cache=False,
-                                                **logits_kwargs(wrapper.policy, keep)).logits
+                    ref_logits = lm_output(wrapper.policy, ids, m, pos, split, keep).logits
             refs.append(response_logprobs(ref_logits[:, -keep:-1], responses[i:i + bs], args.temperature))
             del ref_logits
         entropies = torch.cat(ents).float() if ents else None
@@ -729,9 +744,10 @@ class PPOTrainer(_BaseTrainer):
         mask = inputs["response_mask"].float()
         warm = self.value_warmup.active
         keep = inputs["responses"].shape[1] + 1
-        logits, values = model(inputs["query_responses"], inputs["query_response_mask"], policy=not warm,
-                               logits_to_keep=keep)
-        vpred = values[:, c - 1:-1].float()
+        qr, qr_mask = inputs["query_responses"], inputs["query_response_mask"]
+        logits, values = model(qr, qr_mask, policy=not warm, logits_to_keep=keep,
+                               prefix_length=self._prompt_prefix_length(qr, qr_mask, c))
+        vpred = values[:, -keep:-1].float()  # read from the right: without a shared prefix, columns c-1 … end-1
         if not warm:
             logits = logits[:, -keep:-1]
             new_logprobs = response_logprobs(logits, inputs["responses"], args.temperature)
