@@ -187,6 +187,9 @@ def smollm2_main(args, argv) -> None:
                                  set=["merge_adapter_for_generation=true"])),
         "ours bf16, value head on the policy": ("ours", "full", dict(sm.BASE, bf16=True,
                                                                       set=["value_head_on_policy=true"])),
+        # share_prompt_prefix off: every row runs the chat template's 24-token system turn itself
+        "ours fp32, prefix not shared": ("ours", "full", dict(sm.BASE, set=["share_prompt_prefix=false"])),
+        "ours bf16, prefix not shared": ("ours", "full", dict(sm.BASE, bf16=True, set=["share_prompt_prefix=false"])),
     }
     if args.full_length:
         rows = {k: (impl, mode, dict(row, full_length=True)) for k, (impl, mode, row) in rows.items()}

@@ -1,7 +1,7 @@
 """Forwards that compute a prompt prefix shared by every row once.
 
-A chat template puts the same tokens at the head of every prompt (SmolLM2's and Qwen2.5's default system prompt: 24
-and 30 tokens), and a dataset often adds a fixed instruction. A decoder's hidden states at those positions are the
+A chat template puts the same tokens at the head of every prompt (SmolLM2's default system turn: 24 tokens), and a
+dataset often adds a fixed instruction. A decoder's hidden states at those positions are the
 same in every row, so a forward can compute them on one row and let each row's remaining tokens attend to that row's
 keys and values through the KV cache: the same logits and gradients (up to float rounding) for ``(B - 1) × P``
 fewer token positions. Under autograd the cache keeps its graph, so the backward sums every row's gradient into the
