@@ -256,11 +256,11 @@ def attention_implementation(model: nn.Module, implementation: str | None):
         target.set_attn_implementation(previous)
 
 
-def lm_output(model: nn.Module, input_ids, attention_mask, position_ids, split: PrefixSplit | None = None,
-              logits_to_keep: int = 0, **kwargs):
-    """A causal LM's output (no cache kept) on the inputs, or, with ``split`` (the same inputs, their shared prefix
-    taken out), on each row's rest after the prefix run once — unless the model keeps no KV cache. Logits are read
-    from the right either way."""
+def model_output(model: nn.Module, input_ids, attention_mask, position_ids, split: PrefixSplit | None = None,
+                 logits_to_keep: int = 0, **kwargs):
+    """A decoder's output (a causal LM or its body; no cache kept) on the inputs, or, with ``split`` (the same
+    inputs, their shared prefix taken out), on each row's rest after the prefix run once, unless the model keeps no
+    KV cache. Its outputs are read from the right either way (width W, or W - P)."""
     cache = prefix_cache(model, split, **logits_kwargs(model, 1)) if split is not None else None
     if cache is not None:
         return forward_after_prefix(model, split, cache, **logits_kwargs(model, logits_to_keep), **kwargs)
@@ -271,16 +271,6 @@ def lm_output(model: nn.Module, input_ids, attention_mask, position_ids, split: 
 def position_ids_from(mask: torch.Tensor) -> torch.Tensor:
     """Positions that skip left padding, as generation uses them."""
     return (mask.cumsum(1) - 1).clamp(min=0)
-
-
-def _body_forward(body: nn.Module, input_ids, attention_mask, position_ids, prefix: PrefixSplit | None):
-    """The body's last hidden state ``[B, W]``; with ``prefix``, ``[B, W - P]`` after the shared prefix run once
-    (or ``[B, W]`` from a plain forward, if the body keeps no KV cache: callers read positions from the right)."""
-    cache = prefix_cache(body, prefix) if prefix is not None else None
-    if cache is not None:
-        return forward_after_prefix(body, prefix, cache).last_hidden_state
-    return body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                use_cache=False).last_hidden_state
 
 
 class ValueModel(nn.Module):
@@ -319,7 +309,7 @@ class ValueModel(nn.Module):
         """Values ``[B, W]``; with ``prefix`` (inputs already split) the values of its rest, ``[B, W - P]``."""
         ctx = adapter_scope(self._peft_model, self.adapter, self._layers) if self.adapter else contextlib.nullcontext()
         with ctx:
-            h = _body_forward(self.body(), input_ids, attention_mask, position_ids, prefix)
+            h = model_output(self.body(), input_ids, attention_mask, position_ids, prefix).last_hidden_state
         return self.values_from_hidden(h)
 
     def values_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -346,7 +336,8 @@ class SharedValueHead(ValueModel):
     def forward(self, input_ids, attention_mask, position_ids=None, prefix: PrefixSplit | None = None):
         ctx = adapter_scope(self._policy, self._policy_adapter) if self._policy_adapter else contextlib.nullcontext()
         with ctx:
-            h = _body_forward(backbone_of(self._policy), input_ids, attention_mask, position_ids, prefix)
+            h = model_output(backbone_of(self._policy), input_ids, attention_mask, position_ids,
+                             prefix).last_hidden_state
         return self.values_from_hidden(h)
 
 
@@ -395,7 +386,8 @@ class PolicyAndValue(nn.Module):
         logits = None
         if policy:
             with self.policy_scope():
-                logits = lm_output(self.policy, input_ids, attention_mask, position_ids, split, logits_to_keep).logits
+                logits = model_output(self.policy, input_ids, attention_mask, position_ids, split,
+                                      logits_to_keep).logits
         return logits, values
 
     def _shared_forward(self, input_ids, attention_mask, position_ids, policy: bool, logits_to_keep: int,
@@ -404,7 +396,7 @@ class PolicyAndValue(nn.Module):
         (post-norm in transformers' decoders); in value warm-up (``policy=False``) it is detached, so that only the
         head learns and the policy stays as it is."""
         with self.policy_scope():
-            out = lm_output(self.policy, input_ids, attention_mask, position_ids, split,
+            out = model_output(self.policy, input_ids, attention_mask, position_ids, split,
                             logits_to_keep if policy else 1, output_hidden_states=True)
         hidden = out.hidden_states[-1]
         values = self.value_model.values_from_hidden(hidden if policy else hidden.detach())

@@ -35,7 +35,7 @@ from .generation import generate_rollouts, log_ignored_generation_settings, roll
 from .checkpoints import (load_policy_and_value, load_rollout, read_ppo_state, save_policy_and_value, save_rollout,
                           write_ppo_state)
 from .modeling import (PolicyAndValue, adapter_scope, assemble_models, attention_implementation,
-                       contiguous_lm_head_input, hold_matmul_weights_in, is_quantized, lm_output,
+                       contiguous_lm_head_input, hold_matmul_weights_in, is_quantized, model_output,
                        lora_layers_of, merged_adapter, position_ids_from, use_eager_attention)
 from .plugins import HOOK_NAMES, run_hooks
 from .prefix import prefix_length_to_share, reentrant_checkpointing, split_shared_prefix
@@ -541,10 +541,10 @@ class PPOTrainer(_BaseTrainer):
                 vals.append(values[:, -keep:-1].float())
             split = split_shared_prefix(ids, m, shared) if shared else None
             if self.ref_model is not None:
-                ref_logits = lm_output(self.ref_model, ids, m, pos, split, keep).logits
+                ref_logits = model_output(self.ref_model, ids, m, pos, split, keep).logits
             else:
                 with self._ref_scope():
-                    ref_logits = lm_output(wrapper.policy, ids, m, pos, split, keep).logits
+                    ref_logits = model_output(wrapper.policy, ids, m, pos, split, keep).logits
             refs.append(response_logprobs(ref_logits[:, -keep:-1], responses[i:i + bs], args.temperature))
             del ref_logits
         entropies = torch.cat(ents).float() if ents else None
