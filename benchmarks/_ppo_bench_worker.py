@@ -220,15 +220,21 @@ class UpdateTimer(TrainerCallback):
 
     def __init__(self, steps_per_update: int, phases: PhaseTimer | None = None):
         self.steps_per_update, self.marks, self.n, self.phases, self.snaps = steps_per_update, [], 0, phases, []
+        self.faults: list[int] = []  # the process's minor page faults at each mark (fresh memory from the kernel)
+        self.after_first_update = None  # called once the warm-up update has ended (starts a profiler)
 
     def on_train_begin(self, args, state, control, **kw):
         self.marks = [time.perf_counter()]
+        self.faults = [resource.getrusage(resource.RUSAGE_SELF).ru_minflt]
         self.snaps = [self.phases.snapshot()] if self.phases else []
 
     def on_step_end(self, args, state, control, **kw):
         self.n += 1
         if self.n % self.steps_per_update == 0:
             self.marks.append(time.perf_counter())
+            self.faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
+            if len(self.marks) == 2 and self.after_first_update is not None:
+                self.after_first_update()
             if self.phases:
                 self.snaps.append(self.phases.snapshot())
 
@@ -245,6 +251,10 @@ class UpdateTimer(TrainerCallback):
 
     def durations(self) -> list[float]:
         return [b - a for a, b in zip(self.marks, self.marks[1:])]
+
+    def page_faults(self) -> list[int]:
+        """Minor page faults of each update (each one a 4 KiB page the kernel zero-filled for a fresh buffer)."""
+        return [b - a for a, b in zip(self.faults, self.faults[1:])]
 
 
 def build_models(size: str, mode: str, impl: str, tokenizer):
@@ -380,13 +390,27 @@ def main(argv=None) -> None:
     p.add_argument("--updates", type=int, default=4, help="PPO updates, the first one is warm-up (not timed)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (same on both sides)")
     p.add_argument("--profile", help="write cProfile stats of train() to this path")
-    p.add_argument("--torch-profile", help="write torch.profiler's operator table of train() (self CPU time) here")
+    p.add_argument("--torch-profile",
+                   help="write torch.profiler's operator table of the updates after the first (self CPU time) here")
     p.add_argument("--by-shape", action="store_true",
                    help="with --torch-profile: one row per operator and input shapes (which matmul, which buffer)")
     p.add_argument("--phases", action="store_true", help="split each update's time into phases (small overhead)")
+    p.add_argument("--keep-freed-memory", action="store_true",
+                   help="apply our cpu_keep_freed_memory allocator setting at start (for trl 1.12: the same setting "
+                        "in its process; ours applies it itself unless --set cpu_keep_freed_memory=false)")
     args = p.parse_args(argv)
+    if args.torch_profile and args.updates < 2:
+        p.error("--torch-profile profiles the updates after the first: give --updates 2 or more")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.keep_freed_memory:  # loaded from its file: importing icegrt_trl would import our trainer (and trl)
+        import importlib.util
+
+        path = Path(__file__).resolve().parents[1] / "icegrt_trl" / "ppo" / "cpu_memory.py"
+        spec = importlib.util.spec_from_file_location("cpu_memory", path)
+        cpu_memory = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(cpu_memory)
+        assert cpu_memory.keep_freed_memory_in_process()
 
     import trl
     import transformers
@@ -431,10 +455,12 @@ def main(argv=None) -> None:
         t0 = time.perf_counter()
         if prof:
             prof.enable()
-        if args.torch_profile:
-            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
-                                        record_shapes=args.by_shape) as tprof:
-                trainer.train()
+        if args.torch_profile:  # the updates after the first: the warm-up's one-off allocations are not in it
+            tprof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                           record_shapes=args.by_shape)
+            timer.after_first_update = tprof.start
+            trainer.train()
+            tprof.stop()
             table = tprof.key_averages(group_by_input_shape=args.by_shape)
             Path(args.torch_profile).write_text(table.table(sort_by="self_cpu_time_total",
                                                             row_limit=60 if args.by_shape else 40))
@@ -458,6 +484,7 @@ def main(argv=None) -> None:
         "base_dtype": args.base_dtype,
         "transformers": transformers.__version__, "torch": torch.__version__, "threads": args.threads,
         "updates": len(durations), "warmup_s": durations[0] if durations else None, "update_s": timed,
+        "page_faults_per_update": timer.page_faults()[1:],
         "s_per_update": (statistics.median(timed) if timed else None), "train_s": total,
         "rss_after_build_mib": rss_before, "peak_rss_sampled_mib": peak_sampled,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **weights,

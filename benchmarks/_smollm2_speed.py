@@ -78,6 +78,8 @@ def worker_args(row: dict) -> list[str]:
         a += ["--set", *row["set"]]
     if row.get("full_length"):
         a.append("--full-length")
+    if row.get("keep_freed_memory"):
+        a.append("--keep-freed-memory")
     return a
 
 

@@ -190,6 +190,11 @@ def smollm2_main(args, argv) -> None:
         # share_prompt_prefix off: every row runs the chat template's 24-token system turn itself
         "ours fp32, prefix not shared": ("ours", "full", dict(sm.BASE, set=["share_prompt_prefix=false"])),
         "ours bf16, prefix not shared": ("ours", "full", dict(sm.BASE, bf16=True, set=["share_prompt_prefix=false"])),
+        # cpu_keep_freed_memory off in ours, and the same allocator setting given to trl 1.12's process
+        "ours fp32, freed memory returned": ("ours", "full", dict(sm.BASE, set=["cpu_keep_freed_memory=false"])),
+        "trl112 fp32, freed memory kept": ("trl112", "full", dict(sm.BASE, keep_freed_memory=True)),
+        "ours bf16, freed memory returned": ("ours", "full", dict(sm.BASE, bf16=True,
+                                                                   set=["cpu_keep_freed_memory=false"])),
     }
     if args.full_length:
         rows = {k: (impl, mode, dict(row, full_length=True)) for k, (impl, mode, row) in rows.items()}

@@ -49,18 +49,16 @@ def _local_datasets(root: Path, conversational: bool) -> dict[str, str]:
 
 
 def _shrink(recipe: dict, local: dict[str, str], out: Path) -> dict:
-    """The recipe's settings, with local data, a tiny Qwen2 and a few steps.
-
-    A 4-bit policy is a tiny Llama instead: on the CPU, bitsandbytes 0.50 switches a 4-bit layer to a packed
-    inference format the first time it runs in eval mode (PPO's rollout), and its training forward then adds the
-    bias in place and fails for layers with a bias (Qwen2's q/k/v). CUDA kernels do not take that path."""
+    """The recipe's settings, with local data, a tiny Qwen2 and a few steps. A 4-bit policy is a Qwen2 too: its
+    q/k/v projections have a bias, and the trainer keeps bitsandbytes from repacking them for CPU inference during
+    the rollouts (a repacked layer with a bias failed in the training forward, and one without gave no gradient)."""
     recipe["output_dir"] = str(out)
     for name, section in recipe["stages"].items():
         for key in ("dataset_name", "ptx_dataset_name"):
             if key in section:
                 section[key] = local[section[key]]
         if "model_name_or_path" in section:
-            section["model_name_or_path"] = "testbed:llama" if section.get("load_in_4bit") else "testbed:qwen2"
+            section["model_name_or_path"] = "testbed:qwen2"
         if name == "reward":
             section.update(max_steps=2, per_device_train_batch_size=4, gradient_accumulation_steps=1, max_length=48,
                            save_strategy="no", report_to="none", eval_bootstrap_samples=20)

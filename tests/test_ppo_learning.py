@@ -55,11 +55,14 @@ def test_qlora_4bit_cpu_learns_and_trains_both_adapters(tmp_path, sft_policy_dir
 
     tok = build_tokenizer()
     bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
-    model = AutoModelForCausalLM.from_pretrained(sft_policy_dir, quantization_config=bnb)
-    assert model.is_loaded_in_4bit
     data = make_datasets()
     held_out = data["eval"]["prompt"][:100]
-    before = mean_gold_score(model, tok, held_out)
+    # scored on a load of its own: on a CPU with AVX512-BF16 this eval-mode forward repacks the 4-bit layers for
+    # inference, and the trainer refuses a base in that state (see the tests below)
+    before = mean_gold_score(AutoModelForCausalLM.from_pretrained(sft_policy_dir, quantization_config=bnb), tok,
+                             held_out)
+    model = AutoModelForCausalLM.from_pretrained(sft_policy_dir, quantization_config=bnb)
+    assert model.is_loaded_in_4bit
     lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
     args = cfg(tmp_path / "run", per_device_train_batch_size=64, num_mini_batches=2, gradient_accumulation_steps=1, num_ppo_epochs=2, max_steps=120,
                learning_rate=5e-4, response_length=12, stop_token="eos", logging_steps=10)
@@ -97,3 +100,58 @@ def test_ppo_raises_gold_score_of_sft_policy(tmp_path, sft_policy):
     t.train()
     after = mean_gold_score(t.model.policy, tok, held_out)
     assert after > before + 0.08, (before, after)
+
+
+def load_4bit(sft_policy_dir):
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(sft_policy_dir, quantization_config=bnb)
+    layers = [m for m in model.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
+    for m in layers:  # what bitsandbytes sets on a CPU with AVX512-BF16, whatever this machine has
+        m.support_avx512bf16_for_cpu = True
+    return model, layers
+
+
+def small_qlora_trainer(tmp_path, model):
+    from peft import LoraConfig
+
+    from icegrt_trl.testbed import gold_reward
+
+    data = make_datasets(num_sft=4, num_preferences=4, num_pmp=4, num_pref_eval=4, num_unlabeled=16, num_eval=2)
+    lora = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM")
+    return PPOTrainer(args=cfg(tmp_path, per_device_train_batch_size=8, num_mini_batches=1, max_steps=2,
+                               response_length=4), processing_class=build_tokenizer(), model=model,
+                      reward_model=gold_reward, train_dataset=data["unlabeled"], peft_config=lora)
+
+
+def test_qlora_base_keeps_its_backward_through_eval_mode_rollouts(tmp_path, sft_policy_dir):
+    """On a CPU with AVX512-BF16, bitsandbytes repacks a Linear4bit weight for inference the first time the layer
+    runs in eval mode without grad, and the repacked layer has no backward: PPO's rollouts did exactly that to the
+    base it trains, and the LoRA adapters then learned only from the gradients that bypass every 4-bit matmul (the
+    test above failed on such a CPU). The trainer keeps each 4-bit layer unpacked."""
+    from bitsandbytes.functional import dequantize_4bit
+
+    model, layers = load_4bit(sft_policy_dir)
+    assert len(layers) > 7
+    dequantized = [dequantize_4bit(m.weight.data, m.weight.quant_state).float() for m in layers]
+    t = small_qlora_trainer(tmp_path, model)
+    t.train()  # each rollout samples and scores in eval mode, without grad
+    for m, w in zip(layers, dequantized):
+        assert not getattr(m.weight.quant_state, "packing_format_for_cpu", False) and not m.support_avx512bf16_for_cpu
+        x = torch.randn(3, w.shape[1], requires_grad=True)
+        y = m(x)
+        g = torch.randn_like(y)
+        (grad,) = torch.autograd.grad(y, x, g)  # a repacked layer gives none (its output leaves the graph)
+        assert torch.allclose(grad, g @ w, atol=1e-5)
+
+
+def test_a_4bit_base_already_repacked_for_inference_is_refused(tmp_path, sft_policy_dir):
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu
+
+    model, layers = load_4bit(sft_policy_dir)
+    first = layers[0]  # as bitsandbytes leaves it after the user's own eval-mode forward
+    first.weight.data, first.weight.quant_state = _convert_weight_packed_for_cpu(first.weight.data,
+                                                                                 first.weight.quant_state)
+    with pytest.raises(ValueError, match="repacked by bitsandbytes for CPU inference.*Load the 4-bit model again"):
+        small_qlora_trainer(tmp_path, model)

@@ -110,6 +110,9 @@ def test_grm_with_4bit_qlora_on_cpu(reward_tok, reward_data, reward_args, tmp_pa
         tmp_path / "lm", quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                                   bnb_4bit_compute_dtype=torch.float32))
     assert lm.model.layers[0].self_attn.q_proj.weight.dtype == torch.uint8
+    four_bit = [m for m in lm.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
+    for m in four_bit:  # as bitsandbytes sets it on a CPU with AVX512-BF16: repack for inference in eval mode
+        m.support_avx512bf16_for_cpu = True
     model = GRMRewardModel.from_causal_lm(lm, head_type="mlp")
     peft = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
                       modules_to_save=["score"])
@@ -119,6 +122,9 @@ def test_grm_with_4bit_qlora_on_cpu(reward_tok, reward_data, reward_args, tmp_pa
     before = trainer.evaluate()
     trainer.train()
     after = trainer.evaluate()
+    # evaluate() ran the base in eval mode without grad, and the 4-bit layers still have their backward: the
+    # trainer stopped bitsandbytes from repacking them (a repacked layer trains its LoRA adapter without gradient)
+    assert four_bit and not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in four_bit)
     assert all(math.isfinite(x) for x in _losses(trainer))
     # it learns: the 4-bit base with LoRA ranks the training pairs better, with a lower loss
     assert after["eval_accuracy"] >= before["eval_accuracy"] + 0.15, (before, after)

@@ -28,15 +28,17 @@ from trl.trainer.utils import RepeatSampler, disable_dropout_in_model, entropy_f
 
 from ..cards import write_ppo_model_card
 from ..plugins.registry import resolve_plugin
+from ..quantization import keep_4bit_layers_differentiable
 from . import core
 from .config import PPOConfig
+from .cpu_memory import keep_freed_memory_in_process
 from .data import decode_completions, is_conversational_prompt, left_pad, prepare_prompt_dataset, prepare_ptx_rows
 from .generation import generate_rollouts, log_ignored_generation_settings, rollout_generation_config
 from .checkpoints import (load_policy_and_value, load_rollout, read_ppo_state, save_policy_and_value, save_rollout,
                           write_ppo_state)
 from .modeling import (PolicyAndValue, adapter_scope, assemble_models, attention_implementation,
-                       contiguous_lm_head_input, hold_matmul_weights_in, is_quantized, model_output,
-                       lora_layers_of, merged_adapter, position_ids_from, use_eager_attention)
+                       contiguous_lm_head_input, hold_matmul_weights_in, is_quantized, lora_layers_of,
+                       merged_adapter, model_output, position_ids_from, use_eager_attention)
 from .plugins import HOOK_NAMES, run_hooks
 from .prefix import prefix_length_to_share, reentrant_checkpointing, split_shared_prefix
 from .rewards import build_reward_sources
@@ -138,6 +140,8 @@ class PPOTrainer(_BaseTrainer):
         models = assemble_models(model, args, peft_config, value_model, ref_model)
         wrapper, model = models.wrapper, models.wrapper.policy
         self.ref_model, self.is_peft, self.policy_adapter = models.ref_model, models.is_peft, models.policy_adapter
+        # QLoRA on a CPU: the 4-bit base must keep its backward through the rollouts' eval-mode forwards
+        keep_4bit_layers_differentiable(wrapper)
 
         # ---- rewards
         self.reward_sources = build_reward_sources(reward_model, tok, reward_processing_classes,
@@ -211,6 +215,9 @@ class PPOTrainer(_BaseTrainer):
         for m in (wrapper.policy, self.ref_model):  # the models whose LM head runs with logits_to_keep
             if m is not None:
                 contiguous_lm_head_input(m)
+        # whether the allocator keeps freed memory (cpu_keep_freed_memory); False when it was not asked or not glibc
+        self.keeps_freed_memory = (args.cpu_keep_freed_memory and self.accelerator.device.type == "cpu"
+                                   and keep_freed_memory_in_process())
         if args.bf16 and args.cpu_bf16_eager_attention and self.accelerator.device.type == "cpu":
             # every model alike, so that policy and reference (and rollout and training) compute the same way
             self.eager_attention_models = sum(use_eager_attention(m) for m in self._all_models())

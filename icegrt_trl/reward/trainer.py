@@ -28,6 +28,7 @@ from trl.trainer.reward_trainer import DataCollatorForPreference
 
 from ..plugins.registry import resolve_plugin
 from ..cards import update_card_section
+from ..quantization import keep_4bit_layers_differentiable
 from .config import RewardConfig
 from .losses import bradley_terry_loss, center_rewards_penalty
 from .plugins import GRMRegularizer, PluginLoss, RewardLossContext, RewardLossPlugin, unwrap_peft
@@ -115,6 +116,8 @@ class RewardTrainer(_TRLRewardTrainer):
         extra_keys = tuple(dict.fromkeys(c for p in self.loss_plugins for c in p.signature_columns))
         self._batch_only_keys = {"completion_mask", *extra_keys}
         super().__init__(model, args, data_collator, train_dataset, eval_dataset, processing_class, *pos, **kwargs)
+        # QLoRA on a CPU: evaluate() before train() must not leave the 4-bit base without a backward
+        keep_4bit_layers_differentiable(self.model)
         if data_collator is None:
             self.data_collator = PreferenceCollator(
                 pad_token_id=self.processing_class.pad_token_id,

@@ -11,6 +11,7 @@ from trl import ModelConfig, get_peft_config
 from ..ppo import PPOConfig, PPOTrainer
 from ..cards import stage_card_section
 from ..hub import defer_push, push_folder
+from ..quantization import keep_4bit_layers_differentiable
 from ..report import write_log_history
 from .base import LOAD_DTYPES, DataArguments, RunContext, Stage, documented
 from .judge import JudgeArguments, gold_judge_hook, judge_policy
@@ -115,6 +116,8 @@ def run_ppo(ctx: RunContext, model_args: ModelConfig, data: PPODataArguments, ar
     set_seed(args.seed)  # value head / adapter initialization depends on the seed alone, not on what ran before
     tokenizer = load_tokenizer(ctx, model_args.model_name_or_path)
     model = load_model(ctx, model_args, tokenizer, kind="causal", seed=args.seed)
+    # a 4-bit policy (QLoRA) is judged below before it trains: keep its layers trainable through that forward
+    keep_4bit_layers_differentiable(model)
     reward_model, reward_tok = PPOStage._reward(ctx, reward_spec, reward, tokenizer, args.seed, model_args.dtype)
     value_model = None
     if reward.value_model_path:
