@@ -155,3 +155,26 @@ def test_a_4bit_base_already_repacked_for_inference_is_refused(tmp_path, sft_pol
                                                                                  first.weight.quant_state)
     with pytest.raises(ValueError, match="repacked by bitsandbytes for CPU inference.*Load the 4-bit model again"):
         small_qlora_trainer(tmp_path, model)
+
+
+def test_ppo_stage_judges_a_4bit_policy_then_trains_it(tmp_path, monkeypatch):
+    """The PPO stage scores the loaded policy with the gold judge before PPOTrainer exists: an eval-mode forward
+    that, on a CPU with AVX512-BF16, repacks a 4-bit base for inference. The stage keeps it trainable first."""
+    import json
+
+    import bitsandbytes.nn.modules as bnb_modules
+    import yaml
+
+    from icegrt_trl.cli import main
+
+    monkeypatch.setattr(bnb_modules, "has_avx512bf16", lambda: True)  # every Linear4bit as on such a CPU
+    recipe = {"output_dir": str(tmp_path / "run"), "stages": {"ppo": {
+        "model_name_or_path": "testbed:llama", "load_in_4bit": True, "use_peft": True, "lora_r": 8,
+        "lora_target_modules": ["q_proj", "v_proj"], "dataset_name": "testbed", "reward_model_path": "gold",
+        "max_steps": 2, "per_device_train_batch_size": 4, "num_mini_batches": 1, "response_length": 4,
+        "num_sample_generations": 0, "save_strategy": "no", "report_to": "none", "bf16": False}}}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["pipeline", str(path)]) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())["ppo"]
+    assert results["train_steps"] == 2 and "gold_score_before" in results
