@@ -12,8 +12,9 @@ def keep_4bit_layers_differentiable(model: nn.Module) -> int:
     first time it runs in eval mode without grad, and from then on computes every CPU forward with ``gemv_4bit``,
     which has no backward: no gradient reaches the layers below it, silently. PPO samples and scores rollouts in
     eval mode with the same base it then trains, and a reward model is often evaluated before it trains: the LoRA
-    adapters then got only the gradients that bypass every 4-bit matmul. Each 4-bit layer is told not to repack. A layer that is already repacked is refused: bitsandbytes'
-    way back is lossy (0.2-35 % of the weight's norm measured). Returns the number of 4-bit layers seen."""
+    adapters then got only the gradients that bypass every 4-bit matmul. Each 4-bit layer is told not to repack. A
+    layer that is already repacked is refused: bitsandbytes' way back is lossy (0.2-35 % of the weight's norm
+    measured). Returns the number of 4-bit layers seen."""
     layers = [(name, m) for name, m in model.named_modules() if hasattr(m, "support_avx512bf16_for_cpu")]
     packed = [name for name, m in layers
               if getattr(getattr(m.weight, "quant_state", None), "packing_format_for_cpu", False)]

@@ -4,8 +4,8 @@ glibc serves any block above its mmap threshold (at most 32 MiB) with a fresh ``
 when it is freed, and trims the top of the heap back to the kernel once more than the trim threshold lies free there.
 A PPO update on a CPU allocates and frees the same buffers every step: activations, weight gradients, the
 ``[vocabulary, hidden]`` embedding and LM-head gradients (113 MB for a 49k vocabulary). Each one comes back from the
-kernel as untouched pages, zero-filled one 4 KiB page fault at a time: about 550,000 faults per update of
-SmolLM2-135M (docs/benchmarks.md). With mmap off and the trim threshold at its maximum, freed blocks stay in the heap
+kernel as untouched pages, zero-filled one 4 KiB page fault at a time: 385,000-590,000 faults per fp32 update
+of SmolLM2-135M (docs/benchmarks.md). With mmap off and the trim threshold at its maximum, freed blocks stay in the heap
 and the next allocation of that size reuses them without a fault.
 """
 
