@@ -29,6 +29,13 @@ def cfg(tmp_path, **kw):
     return PPOConfig(**base)
 
 
+def nf4():
+    """4-bit NF4 with fp32 compute: QLoRA as bitsandbytes runs it on the CPU."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+
+
 def scores(trainer):
     return [h["objective/scores"] for h in trainer.state.log_history if "objective/scores" in h and "loss" in h]
 
@@ -49,12 +56,12 @@ def test_qlora_4bit_cpu_learns_and_trains_both_adapters(tmp_path, sft_policy_dir
     """QLoRA on the CPU: the SFT policy loaded in 4-bit NF4 hosts policy adapter, value adapter + head and the
     reference (adapters off); PPO against the gold reward raises its greedy gold score."""
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM
 
     from icegrt_trl.testbed import gold_reward, mean_gold_score
 
     tok = build_tokenizer()
-    bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+    bnb = nf4()
     data = make_datasets()
     held_out = data["eval"]["prompt"][:100]
     # scored on a load of its own: on a CPU with AVX512-BF16 this eval-mode forward repacks the 4-bit layers for
@@ -103,10 +110,9 @@ def test_ppo_raises_gold_score_of_sft_policy(tmp_path, sft_policy):
 
 
 def load_4bit(sft_policy_dir):
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM
 
-    bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
-    model = AutoModelForCausalLM.from_pretrained(sft_policy_dir, quantization_config=bnb)
+    model = AutoModelForCausalLM.from_pretrained(sft_policy_dir, quantization_config=nf4())
     layers = [m for m in model.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
     for m in layers:  # what bitsandbytes sets on a CPU with AVX512-BF16, whatever this machine has
         m.support_avx512bf16_for_cpu = True

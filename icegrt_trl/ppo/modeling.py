@@ -397,7 +397,7 @@ class PolicyAndValue(nn.Module):
         head learns and the policy stays as it is."""
         with self.policy_scope():
             out = model_output(self.policy, input_ids, attention_mask, position_ids, split,
-                            logits_to_keep if policy else 1, output_hidden_states=True)
+                               logits_to_keep if policy else 1, output_hidden_states=True)
         hidden = out.hidden_states[-1]
         values = self.value_model.values_from_hidden(hidden if policy else hidden.detach())
         return (out.logits if policy else None), values

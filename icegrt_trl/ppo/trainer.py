@@ -215,10 +215,10 @@ class PPOTrainer(_BaseTrainer):
         for m in (wrapper.policy, self.ref_model):  # the models whose LM head runs with logits_to_keep
             if m is not None:
                 contiguous_lm_head_input(m)
+        on_cpu = self.accelerator.device.type == "cpu"
         # whether the allocator keeps freed memory (cpu_keep_freed_memory); False when it was not asked or not glibc
-        self.keeps_freed_memory = (args.cpu_keep_freed_memory and self.accelerator.device.type == "cpu"
-                                   and keep_freed_memory_in_process())
-        if args.bf16 and args.cpu_bf16_eager_attention and self.accelerator.device.type == "cpu":
+        self.keeps_freed_memory = args.cpu_keep_freed_memory and on_cpu and keep_freed_memory_in_process()
+        if args.bf16 and args.cpu_bf16_eager_attention and on_cpu:
             # every model alike, so that policy and reference (and rollout and training) compute the same way
             self.eager_attention_models = sum(use_eager_attention(m) for m in self._all_models())
             # sampling is not matched bit for bit against anything, and SDPA decodes faster: generate with it
