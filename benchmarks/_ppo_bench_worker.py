@@ -398,7 +398,14 @@ def main(argv=None) -> None:
     p.add_argument("--keep-freed-memory", action="store_true",
                    help="apply our cpu_keep_freed_memory allocator setting at start (for trl 1.12: the same setting "
                         "in its process; ours applies it itself unless --set cpu_keep_freed_memory=false)")
+    p.add_argument("--plain-eager-attention", action="store_true",
+                   help="ours: where bf16 on a CPU switches to eager attention, use transformers' eager (key/value "
+                        "heads copied per query head) instead of our grouped eager attention (an A/B control)")
     args = p.parse_args(argv)
+    if args.plain_eager_attention:
+        from icegrt_trl.ppo import grouped_attention
+
+        grouped_attention.GROUPED_MODEL_TYPES = frozenset()
     if args.torch_profile and args.updates < 2:
         p.error("--torch-profile profiles the updates after the first: give --updates 2 or more")
     torch.set_num_threads(args.threads)

@@ -80,6 +80,8 @@ def worker_args(row: dict) -> list[str]:
         a.append("--full-length")
     if row.get("keep_freed_memory"):
         a.append("--keep-freed-memory")
+    if row.get("plain_eager_attention"):
+        a.append("--plain-eager-attention")
     return a
 
 

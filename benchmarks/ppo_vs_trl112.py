@@ -195,6 +195,9 @@ def smollm2_main(args, argv) -> None:
         "trl112 fp32, freed memory kept": ("trl112", "full", dict(sm.BASE, keep_freed_memory=True)),
         "ours bf16, freed memory returned": ("ours", "full", dict(sm.BASE, bf16=True,
                                                                    set=["cpu_keep_freed_memory=false"])),
+        # transformers' eager attention (key/value heads copied per query head) instead of our grouped one
+        "ours bf16, transformers' eager attention": ("ours", "full", dict(sm.BASE, bf16=True,
+                                                                           plain_eager_attention=True)),
     }
     if args.full_length:
         rows = {k: (impl, mode, dict(row, full_length=True)) for k, (impl, mode, row) in rows.items()}
@@ -271,9 +274,10 @@ def smollm2_report(raw: dict, args, argv, sm) -> str:
         for n in names:
             lines.append(f"| {n} | " + " | ".join(f"{g[n]:.2f} ({g[n] / sum(g.values()):.0%})"
                                                  for g in groups.values()) + " |")
+        first = next(v[0] for v in main.values() if v)  # every row runs the same model and prompts
         lines += ["", "Model GFLOP per update by phase (same for both trainers): " + ", ".join(
             f"{k} {v / 1e9:.0f}" for k, v in sm.update_flops(
-                main["ours fp32"][0]["model_config"], sm.BASE["batch"], main["ours fp32"][0]["mean_prompt_tokens"],
+                first["model_config"], sm.BASE["batch"], first["mean_prompt_tokens"],
                 sm.BASE["response_length"], sm.BASE["ppo_epochs"], False).items())]
     if raw.get("sweep"):
         lines += ["", sweep_section(raw, sm)]

@@ -249,8 +249,10 @@ class PPOConfig(_BaseConfig):
                 "reference is the shared base: load it with dtype bfloat16 for the same saving. False: as given."})
     cpu_bf16_eager_attention: bool = field(default=True, metadata={
         "help": "On a CPU with bf16: switch the models from SDPA to eager attention. PyTorch's CPU SDPA backward in "
-                "bf16 is about 6x slower than eager attention's at chat lengths (docs/benchmarks.md). No effect on "
-                "GPUs or in fp32."})
+                "bf16 is about 6x slower than eager attention's at chat lengths (docs/benchmarks.md). Llama, Mistral "
+                "and Qwen2/3 models with grouped-query attention get an eager attention that reads each key/value "
+                "head once for its group of query heads instead of copying it per head (same forward outputs). "
+                "Generation switches back to SDPA while it samples. No effect on GPUs or in fp32."})
     cpu_keep_freed_memory: bool = field(default=True, metadata={
         "help": "Training on a CPU with glibc (Linux): keep freed memory in the process (mallopt: no mmap, no heap "
                 "trimming) so that the buffers each step allocates again reuse freed memory instead of fresh pages "

@@ -228,14 +228,16 @@ def hold_matmul_weights_in(model: nn.Module, dtype: torch.dtype) -> int:
 
 
 def use_eager_attention(model: nn.Module) -> bool:
-    """Switch a transformers model from SDPA to eager attention (see PPOConfig.cpu_bf16_eager_attention)."""
+    """Switch a transformers model from SDPA to eager attention (see PPOConfig.cpu_bf16_eager_attention): for the
+    grouped-query decoders of :mod:`.grouped_attention`, its eager attention without key/value copies."""
     from .generation import innermost_generator
+    from .grouped_attention import eager_implementation_for
 
     target = innermost_generator(model)
     config = getattr(target, "config", None)
     if getattr(config, "_attn_implementation", None) != "sdpa" or not hasattr(target, "set_attn_implementation"):
         return False
-    target.set_attn_implementation("eager")
+    target.set_attn_implementation(eager_implementation_for(config))
     return True
 
 
