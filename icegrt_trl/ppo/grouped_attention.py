@@ -4,9 +4,9 @@ Under grouped-query attention (SmolLM2: 9 query heads on 3 key/value heads) tran
 every key and value head once per query head of its group (``repeat_kv``) before its two matmuls, and the backward
 sums those copies back. Folding a group's query heads into the rows of one matmul against their shared key head
 computes the same dot products in the same order, without the copies: forward outputs bit-equal to eager's, and a
-bf16 training step of SmolLM2-135M (8 rows x 87 columns, prefix shared, fwd + bwd + AdamW) took 1.65 s against
-1.72 s (medians of 8 alternations; docs/benchmarks.md). The gradients agree up to float rounding (the backward sums
-in another order).
+bf16 training step of SmolLM2-135M (8 rows x 87 columns, prefix shared, fwd + bwd + AdamW) took 1.643 s against
+1.693 s (medians of 10 alternations, ``benchmarks/grouped_attention_step.py``; docs/benchmarks.md). The gradients
+agree up to float rounding (the backward sums in another order).
 
 Used where eager attention replaces SDPA on a CPU under bf16 (``PPOConfig.cpu_bf16_eager_attention``), for the
 decoders in :data:`GROUPED_MODEL_TYPES`, whose eager attention is exactly this computation with copies.
