@@ -14,6 +14,7 @@ from peft import LoraConfig
 
 from icegrt_trl import PPOConfig, PPOHook, PPOTrainer
 from icegrt_trl.ppo.data import decode_completions
+from icegrt_trl.ppo.grouped_attention import IMPLEMENTATION
 from icegrt_trl.ppo.modeling import adapter_scope
 
 QUESTIONS = ["What is 2 plus 3?", "What is 7 minus 4?", "Name a color.", "What is 10 plus 5?",
@@ -93,8 +94,9 @@ def test_lora_checkpointing_bf16_ppo_on_smollm2(tmp_path, smollm2_dir, smol_tok,
     assert any(".default." in n for n in moved) and any(".value." in n for n in moved)
     assert "value_model.head.weight" in moved
     # the reference (adapters off) is still the original model
-    # (same attention kernel: on a CPU under bf16 the trainer switched every model to eager attention)
-    assert w.policy.get_base_model().config._attn_implementation == "eager"
+    # (on a CPU under bf16 the trainer switched every model to our grouped eager attention, whose outputs are
+    # transformers' eager attention's bit for bit: the original runs the latter)
+    assert w.policy.get_base_model().config._attn_implementation == IMPLEMENTATION
     original = AutoModelForCausalLM.from_pretrained(smollm2_dir, attn_implementation="eager").eval()
     ids = smol_tok.apply_chat_template(prompts[0]["prompt"], add_generation_prompt=True, return_tensors="pt",
                                        return_dict=True)["input_ids"]
