@@ -23,9 +23,6 @@ IMPLEMENTATION = "icegrt_grouped_eager"
 # scores plus an additive mask (which carries any sliding window), fp32 softmax, dropout; no soft-capping, no sinks.
 GROUPED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 
-_registered = False
-
-
 def grouped_eager_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                             attention_mask: torch.Tensor | None, scaling: float, dropout: float = 0.0, **kwargs):
     """transformers' attention-function signature: ``query`` ``[B, H, Q, D]``, ``key``/``value`` ``[B, KV, S, D]``
@@ -49,15 +46,12 @@ def grouped_eager_attention(module: nn.Module, query: torch.Tensor, key: torch.T
 
 def register() -> str:
     """Register :func:`grouped_eager_attention` with transformers (with eager's mask) under :data:`IMPLEMENTATION`;
-    returns the name. Idempotent."""
-    global _registered
-    if not _registered:
-        from transformers import AttentionInterface
-        from transformers.masking_utils import AttentionMaskInterface, eager_mask
+    returns the name. Registering again replaces the entries with the same functions."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
-        AttentionInterface.register(IMPLEMENTATION, grouped_eager_attention)
-        AttentionMaskInterface.register(IMPLEMENTATION, eager_mask)
-        _registered = True
+    AttentionInterface.register(IMPLEMENTATION, grouped_eager_attention)
+    AttentionMaskInterface.register(IMPLEMENTATION, eager_mask)
     return IMPLEMENTATION
 
 
@@ -67,7 +61,7 @@ def eager_implementation_for(config) -> str:
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     heads = getattr(text, "num_attention_heads", None)
     kv_heads = getattr(text, "num_key_value_heads", None) or heads
-    if getattr(text, "model_type", None) in GROUPED_MODEL_TYPES and heads and kv_heads and heads > kv_heads \
+    if getattr(text, "model_type", None) in GROUPED_MODEL_TYPES and heads and heads > kv_heads \
             and heads % kv_heads == 0:
         return register()
     return "eager"
