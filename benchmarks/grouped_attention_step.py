@@ -2,9 +2,10 @@
 attention (icegrt_trl.ppo.grouped_attention), alternating, on the shapes of the PPO benchmark: 8 rows of a shared
 24-token prefix + 20-39 prompt tokens + 24 response tokens (left padded, 87 columns), the prefix run once
 (share_prompt_prefix), LM head on the 25 last positions, fp32 log-probs at temperature 0.7, backward, clipping at 1.0,
-fused AdamW. Allocator as the trainer sets it on a CPU (cpu_keep_freed_memory).
+fused AdamW. Allocator as the trainer sets it on a CPU (cpu_keep_freed_memory). ``--padding-free`` adds a third
+variant: the grouped attention with the rows packed without their left padding (icegrt_trl.ppo.padding_free).
 
-    python benchmarks/grouped_attention_step.py [--rounds 8] [--threads 2]
+    python benchmarks/grouped_attention_step.py [--rounds 8] [--threads 2] [--padding-free]
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=8, help="alternations of the two attentions")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    p.add_argument("--padding-free", action="store_true", help="also time the padding-free variant")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     keep_freed_memory_in_process()
@@ -67,6 +69,8 @@ def main() -> None:
         return time.perf_counter() - t0
 
     times = {"eager": [], grouped: []}
+    if args.padding_free:
+        times[eager_implementation_for(model.config, padding_free=True)] = []
     for name in times:  # warm-up
         model.set_attn_implementation(name)
         step(), step()
@@ -74,7 +78,8 @@ def main() -> None:
         for name in times:
             model.set_attn_implementation(name)
             times[name].append(step())
-    print(f"{ids.shape[0]} rows x {ids.shape[1]} columns, bf16 autocast, {args.threads} threads, s per step:")
+    print(f"{ids.shape[0]} rows x {ids.shape[1]} columns ({int(mask.sum())} real tokens, {prefix} shared), bf16 "
+          f"autocast, {args.threads} threads, s per step:")
     for name, ts in times.items():
         print(f"  {name}: median {statistics.median(ts):.3f}  ({', '.join(f'{t:.2f}' for t in ts)})")
 

@@ -198,6 +198,8 @@ def smollm2_main(args, argv) -> None:
         # transformers' eager attention (key/value heads copied per query head) instead of our grouped one
         "ours bf16, transformers' eager attention": ("ours", "full", dict(sm.BASE, bf16=True,
                                                                            plain_eager_attention=True)),
+        # cpu_bf16_padding_free off: the rows run with their left padding
+        "ours bf16, padded rows": ("ours", "full", dict(sm.BASE, bf16=True, set=["cpu_bf16_padding_free=false"])),
     }
     if args.full_length:
         rows = {k: (impl, mode, dict(row, full_length=True)) for k, (impl, mode, row) in rows.items()}

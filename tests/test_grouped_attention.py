@@ -136,7 +136,8 @@ def test_cpu_bf16_trainer_uses_grouped_attention_and_keeps_step0_kl_exactly_zero
     policy = AutoModelForCausalLM.from_config(gqa_config("llama", tok))
     args = PPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=True, report_to=[], per_device_train_batch_size=4,
                      num_mini_batches=1, num_ppo_epochs=1, max_steps=1, response_length=5, save_strategy="no",
-                     disable_tqdm=True, num_sample_generations=0, stop_token="eos", seed=0)
+                     disable_tqdm=True, num_sample_generations=0, stop_token="eos", seed=0,
+                     cpu_bf16_padding_free=False)  # padded rows (tests/test_padding_free.py: the default)
     t = PPOTrainer(args=args, processing_class=tok, model=policy, reward_model=gold_reward, train_dataset=prompts)
     assert t.model.policy.config._attn_implementation == IMPLEMENTATION
     assert t.ref_model.config._attn_implementation == IMPLEMENTATION

@@ -14,7 +14,7 @@ from peft import LoraConfig
 
 from icegrt_trl import PPOConfig, PPOHook, PPOTrainer
 from icegrt_trl.ppo.data import decode_completions
-from icegrt_trl.ppo.grouped_attention import IMPLEMENTATION
+from icegrt_trl.ppo.grouped_attention import PADDING_FREE
 from icegrt_trl.ppo.modeling import adapter_scope
 
 QUESTIONS = ["What is 2 plus 3?", "What is 7 minus 4?", "Name a color.", "What is 10 plus 5?",
@@ -49,6 +49,7 @@ class RecordFirstRollout(PPOHook):
         if self.kl_exactly_zero is None:
             self.kl_exactly_zero = torch.equal(batch["logprobs"], batch["ref_logprobs"])
             self.completions = (batch["completion_ids"], batch["completions"])
+            self.mask = batch["query_response_mask"]
 
 
 def test_lora_checkpointing_bf16_ppo_on_smollm2(tmp_path, smollm2_dir, smol_tok, caplog):
@@ -82,7 +83,12 @@ def test_lora_checkpointing_bf16_ppo_on_smollm2(tmp_path, smollm2_dir, smol_tok,
     # share_prompt_prefix under these defaults: the chat template's 24-token system turn ran once per forward
     system = smol_tok.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False).split("x")[0]
     assert len(smol_tok(system, add_special_tokens=False)["input_ids"]) == 24
-    assert (1, 24) in trained_shapes and all(s == (1, 24) or s[0] == 4 for s in trained_shapes)
+    # cpu_bf16_padding_free (a default): the rows' rest runs packed without its left padding, as one row of the
+    # first rollout's real tokens after that prefix (policy and value forward of its one training step)
+    assert (1, 24) in trained_shapes and all(s[0] == 1 for s in trained_shapes)
+    mask = hook.mask
+    kept = mask.shape[1] - mask.ne(0).int().argmax(1)  # each row from its first real token
+    assert trained_shapes[1] == (1, int(kept.sum()) - 4 * 24) and int(kept.sum()) < mask.numel()
     # two updates with finite metrics
     logs = [h for h in trainer.state.log_history if "loss/policy_avg" in h]
     assert len(logs) == 2
@@ -96,7 +102,7 @@ def test_lora_checkpointing_bf16_ppo_on_smollm2(tmp_path, smollm2_dir, smol_tok,
     # the reference (adapters off) is still the original model
     # (on a CPU under bf16 the trainer switched every model to our grouped eager attention, whose outputs are
     # transformers' eager attention's bit for bit: the original runs the latter)
-    assert w.policy.get_base_model().config._attn_implementation == IMPLEMENTATION
+    assert w.policy.get_base_model().config._attn_implementation == PADDING_FREE
     original = AutoModelForCausalLM.from_pretrained(smollm2_dir, attn_implementation="eager").eval()
     ids = smol_tok.apply_chat_template(prompts[0]["prompt"], add_generation_prompt=True, return_tensors="pt",
                                        return_dict=True)["input_ids"]

@@ -7,6 +7,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from icegrt_trl import PPOConfig, PPOTrainer
+from icegrt_trl.ppo.grouped_attention import PADDING_FREE
 from icegrt_trl.ppo.plugins import PPOHook
 from icegrt_trl.ppo import trainer as trainer_module
 from icegrt_trl.ppo.modeling import accepts_logits_to_keep, hold_matmul_weights_in, logits_kwargs
@@ -82,7 +83,11 @@ def test_cpu_bf16_switches_to_eager_attention_unless_told_not_to(tmp_path, tok, 
     assert model.config._attn_implementation == "sdpa"
     t = PPOTrainer(args=cfg(tmp_path, bf16=True), processing_class=tok, model=model, reward_model=gold_reward,
                    train_dataset=prompts)
-    assert attn(t) == "eager" and t.ref_model.config._attn_implementation == "eager"
+    # cpu_bf16_padding_free (a default): our eager attention that runs packed rows
+    assert attn(t) == PADDING_FREE and t.ref_model.config._attn_implementation == PADDING_FREE
+    t = PPOTrainer(args=cfg(tmp_path, bf16=True, cpu_bf16_padding_free=False), processing_class=tok,
+                   model=tiny_causal_lm("llama", tok, **SMALL), reward_model=gold_reward, train_dataset=prompts)
+    assert attn(t) == "eager" and t.ref_model.config._attn_implementation == "eager"  # no key/value groups here
     t = PPOTrainer(args=cfg(tmp_path, bf16=True, cpu_bf16_eager_attention=False), processing_class=tok,
                    model=tiny_causal_lm("llama", tok, **SMALL), reward_model=gold_reward, train_dataset=prompts)
     assert attn(t) == "sdpa"

@@ -215,8 +215,13 @@ def test_step0_kl_is_exactly_zero_and_the_policy_runs_fewer_positions(tmp_path, 
     assert prefix_length_to_share(qr, off._last_rollout["query_response_mask"],
                                   off._last_rollout["context_length"]) == head
     passes = 2 * (2 if peft else 1)  # under LoRA the value adapter runs on the policy's base too
-    assert off_n == passes * qr.numel()
-    assert on_n == passes * (head + qr.shape[0] * (qr.shape[1] - head))
+    positions = qr.numel()
+    if bf16:  # cpu_bf16_padding_free (a default): each row from its first real token, packed
+        mask = off._last_rollout["query_response_mask"]
+        positions = int((mask.shape[1] - mask.ne(0).int().argmax(1)).sum())
+        assert positions < qr.numel()
+    assert off_n == passes * positions
+    assert on_n == passes * (head + positions - qr.shape[0] * head)
 
 
 def _trained_weights(t):

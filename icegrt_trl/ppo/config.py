@@ -253,6 +253,12 @@ class PPOConfig(_BaseConfig):
                 "and Qwen2/3 models with grouped-query attention get an eager attention that reads each key/value "
                 "head once for its group of query heads instead of copying it per head (same forward outputs). "
                 "Generation switches back to SDPA while it samples. No effect on GPUs or in fp32."})
+    cpu_bf16_padding_free: bool = field(default=True, metadata={
+        "help": "With cpu_bf16_eager_attention: run the rollout, reference and training forwards of Llama, Mistral "
+                "(without a sliding window) and Qwen2/3 models on each row's tokens without its left padding, packed "
+                "into one sequence; attention still attends row by row (same outputs up to float rounding). "
+                "SmolLM2-135M on chat prompts: one training step 1.53 s instead of 1.66 s (docs/benchmarks.md). "
+                "Set False to run the padded rows as they are."})
     cpu_keep_freed_memory: bool = field(default=True, metadata={
         "help": "Training on a CPU with glibc (Linux): keep freed memory in the process (mallopt: no mmap, no heap "
                 "trimming) so that the buffers each step allocates again reuse freed memory instead of fresh pages "

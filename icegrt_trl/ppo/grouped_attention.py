@@ -17,7 +17,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .padding_free import ROWS_KWARG, attend_packed
+
 IMPLEMENTATION = "icegrt_grouped_eager"
+# The same attention, for models whose PPO forwards run padding-free (:mod:`.padding_free`): called with a
+# ``PackedRows`` it attends row by row over the packed tokens.
+PADDING_FREE = "icegrt_padding_free_eager"
 
 # Decoders whose attention layers call the attention function with transformers' plain eager semantics: scaled
 # scores plus an additive mask (which carries any sliding window), fp32 softmax, dropout; no soft-capping, no sinks.
@@ -27,7 +32,13 @@ def grouped_eager_attention(module: nn.Module, query: torch.Tensor, key: torch.T
                             attention_mask: torch.Tensor | None, scaling: float, dropout: float = 0.0, **kwargs):
     """transformers' attention-function signature: ``query`` ``[B, H, Q, D]``, ``key``/``value`` ``[B, KV, S, D]``
     with ``H = KV · G``, query head ``h`` reading key/value head ``h // G`` (``repeat_kv``'s layout); ``attention_mask``
-    additive, ``[B or 1, 1, Q, S]``. Returns ``([B, Q, H, D], weights [B, H, Q, S])`` as eager attention does."""
+    additive, ``[B or 1, 1, Q, S]``. Returns ``([B, Q, H, D], weights [B, H, Q, S])`` as eager attention does.
+    With a ``PackedRows`` under :data:`.padding_free.ROWS_KWARG`, the inputs are packed rows (``B = 1``): see
+    :func:`.padding_free.attend_packed` (no weights are returned then)."""
+    rows = kwargs.pop(ROWS_KWARG, None)
+    if rows is not None:
+        return attend_packed(grouped_eager_attention, module, query, key, value, attention_mask, rows,
+                             scaling=scaling, dropout=dropout)
     b, heads, q_len, dim = query.shape
     kv_heads = key.shape[1]
     group = heads // kv_heads
@@ -44,24 +55,34 @@ def grouped_eager_attention(module: nn.Module, query: torch.Tensor, key: torch.T
     return out, weights.view(b, heads, q_len, -1)
 
 
-def register() -> str:
-    """Register :func:`grouped_eager_attention` with transformers (with eager's mask) under :data:`IMPLEMENTATION`;
-    returns the name. Registering again replaces the entries with the same functions."""
+def register(name: str = IMPLEMENTATION) -> str:
+    """Register :func:`grouped_eager_attention` with transformers (with eager's mask) under ``name``
+    (:data:`IMPLEMENTATION` or :data:`PADDING_FREE`); returns the name. Registering again replaces the entries with
+    the same functions."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
-    AttentionInterface.register(IMPLEMENTATION, grouped_eager_attention)
-    AttentionMaskInterface.register(IMPLEMENTATION, eager_mask)
-    return IMPLEMENTATION
+    AttentionInterface.register(name, grouped_eager_attention)
+    AttentionMaskInterface.register(name, eager_mask)
+    return name
 
 
-def eager_implementation_for(config) -> str:
-    """The eager attention to use for a model of ``config``: :data:`IMPLEMENTATION` for a listed decoder with fewer
-    key/value heads than query heads, else transformers' ``"eager"`` (nothing to save without groups)."""
+def _has_sliding_window(text) -> bool:
+    layer_types = getattr(text, "layer_types", None)
+    if layer_types:
+        return any(t != "full_attention" for t in layer_types)
+    return getattr(text, "sliding_window", None) is not None and getattr(text, "use_sliding_window", True)
+
+
+def eager_implementation_for(config, padding_free: bool = False) -> str:
+    """The eager attention to use for a model of ``config``: for a listed decoder, :data:`PADDING_FREE` if
+    ``padding_free`` and no layer attends through a sliding window (the packed rows' mask has none), else
+    :data:`IMPLEMENTATION` with fewer key/value heads than query heads; otherwise transformers' ``"eager"``."""
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     heads = getattr(text, "num_attention_heads", None)
     kv_heads = getattr(text, "num_key_value_heads", None) or heads
-    if getattr(text, "model_type", None) in GROUPED_MODEL_TYPES and heads and heads > kv_heads \
-            and heads % kv_heads == 0:
-        return register()
-    return "eager"
+    if getattr(text, "model_type", None) not in GROUPED_MODEL_TYPES or not heads or heads % kv_heads:
+        return "eager"
+    if padding_free and not _has_sliding_window(text):
+        return register(PADDING_FREE)
+    return register() if heads > kv_heads else "eager"

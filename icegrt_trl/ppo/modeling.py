@@ -18,6 +18,7 @@ import dataclasses
 import torch
 from torch import nn
 
+from .padding_free import padding_free_output
 from .prefix import (PrefixSplit, forward_after_prefix, prefix_cache, reentrant_checkpointing_in_training,
                      split_shared_prefix)
 
@@ -227,9 +228,10 @@ def hold_matmul_weights_in(model: nn.Module, dtype: torch.dtype) -> int:
     return cast
 
 
-def use_eager_attention(model: nn.Module) -> bool:
+def use_eager_attention(model: nn.Module, padding_free: bool = False) -> bool:
     """Switch a transformers model from SDPA to eager attention (see PPOConfig.cpu_bf16_eager_attention): for the
-    grouped-query decoders of :mod:`.grouped_attention`, its eager attention without key/value copies."""
+    decoders of :mod:`.grouped_attention`, its eager attention without key/value copies, and with ``padding_free``
+    (``PPOConfig.cpu_bf16_padding_free``) the one under which :func:`model_output` packs the rows."""
     from .generation import innermost_generator
     from .grouped_attention import eager_implementation_for
 
@@ -237,7 +239,7 @@ def use_eager_attention(model: nn.Module) -> bool:
     config = getattr(target, "config", None)
     if getattr(config, "_attn_implementation", None) != "sdpa" or not hasattr(target, "set_attn_implementation"):
         return False
-    target.set_attn_implementation(eager_implementation_for(config))
+    target.set_attn_implementation(eager_implementation_for(config, padding_free))
     return True
 
 
@@ -262,12 +264,26 @@ def model_output(model: nn.Module, input_ids, attention_mask, position_ids, spli
                  logits_to_keep: int = 0, **kwargs):
     """A decoder's output (a causal LM or its body; no cache kept) on the inputs, or, with ``split`` (the same
     inputs, their shared prefix taken out), on each row's rest after the prefix run once, unless the model keeps no
-    KV cache. Its outputs are read from the right either way (width W, or W - P)."""
+    KV cache. Its outputs are read from the right either way (width W, or W - P). A model whose attention is
+    :data:`.grouped_attention.PADDING_FREE` runs on the rows packed (:mod:`.padding_free`), same outputs."""
+    if runs_padding_free(model):
+        return padding_free_output(model, input_ids, attention_mask, position_ids, split, logits_to_keep,
+                                   bool(logits_kwargs(model, 1)), **kwargs)
     cache = prefix_cache(model, split, **logits_kwargs(model, 1)) if split is not None else None
     if cache is not None:
         return forward_after_prefix(model, split, cache, **logits_kwargs(model, logits_to_keep), **kwargs)
     return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
                  **logits_kwargs(model, logits_to_keep), **kwargs)
+
+
+def runs_padding_free(model: nn.Module) -> bool:
+    """Whether ``model`` (a decoder, its body, or a PeftModel) has the padding-free attention
+    (``PPOConfig.cpu_bf16_padding_free``)."""
+    from .generation import innermost_generator
+    from .grouped_attention import PADDING_FREE
+
+    config = getattr(innermost_generator(model), "config", None)
+    return getattr(config, "_attn_implementation", None) == PADDING_FREE
 
 
 def position_ids_from(mask: torch.Tensor) -> torch.Tensor:

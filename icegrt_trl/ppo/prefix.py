@@ -148,10 +148,11 @@ def _takes_use_cache(model: nn.Module) -> bool:
     return any(p.name == "use_cache" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
-def prefix_cache(model: nn.Module, split: PrefixSplit, **kwargs):
+def prefix_cache(model: nn.Module, split: PrefixSplit, repeat: bool = True, **kwargs):
     """The KV cache of ``split.prefix_ids`` under ``model`` (a transformers decoder, its body, or a PeftModel, called
-    with ``kwargs``), repeated to every row; None if the model keeps no cache (an encoder such as a DeBERTa reward
-    model, a custom model): the caller then runs its plain forward. Such a model is remembered and not asked again."""
+    with ``kwargs``), repeated to every row (``repeat=False``: one row, for a padding-free forward); None if the model
+    keeps no cache (an encoder such as a DeBERTa reward model, a custom model): the caller then runs its plain
+    forward. Such a model is remembered and not asked again."""
     if getattr(model, "_icegrt_no_kv_cache", False) or not _takes_use_cache(model):
         return None
     with _checkpointing_paused(model):
@@ -166,7 +167,8 @@ def prefix_cache(model: nn.Module, split: PrefixSplit, **kwargs):
         except AttributeError:
             pass
         return None
-    cache.batch_repeat_interleave(split.rows)
+    if repeat:
+        cache.batch_repeat_interleave(split.rows)
     cache.__class__ = ReadOnlyPrefixCache  # same layout; reads only from here on
     return cache
 

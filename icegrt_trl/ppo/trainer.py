@@ -220,7 +220,8 @@ class PPOTrainer(_BaseTrainer):
         self.keeps_freed_memory = args.cpu_keep_freed_memory and on_cpu and keep_freed_memory_in_process()
         if args.bf16 and args.cpu_bf16_eager_attention and on_cpu:
             # every model alike, so that policy and reference (and rollout and training) compute the same way
-            self.eager_attention_models = sum(use_eager_attention(m) for m in self._all_models())
+            self.eager_attention_models = sum(use_eager_attention(m, args.cpu_bf16_padding_free)
+                                              for m in self._all_models())
             # sampling is not matched bit for bit against anything, and SDPA decodes faster: generate with it
             self._generation_attention = "sdpa" if self.eager_attention_models else None
 
