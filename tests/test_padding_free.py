@@ -86,6 +86,12 @@ def test_padding_free_forward_gives_the_padded_outputs(arch, tok):
                     assert h_a.shape == h_b.shape
                     assert torch.equal(h_a[kept(rest_mask)], h_b[kept(rest_mask)])
                     assert not h_b[~kept(rest_mask)].any()  # padding comes back as zeros
+                    # every layer's hidden states (value_head_on_policy reads the last one) come back unpacked
+                    hs_a = model_output(padded, ids, mask, pos, split, 4, output_hidden_states=True).hidden_states
+                    hs_b = model_output(packed, ids, mask, pos, split, 4, output_hidden_states=True).hidden_states
+                    assert len(hs_a) == len(hs_b) == 3
+                    for x, y in zip(hs_a, hs_b):
+                        assert torch.equal(x[kept(rest_mask)], y[kept(rest_mask)])
 
 
 def test_padding_free_linear_layers_see_only_the_real_tokens(tok):
@@ -103,21 +109,25 @@ def test_padding_free_linear_layers_see_only_the_real_tokens(tok):
     assert seen == [(1, real), (1, PREFIX), (1, real - 4 * PREFIX)]
 
 
-def test_padding_free_gradients_match_the_padded_forwards_under_checkpointing_and_lora(tok):
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_padding_free_gradients_match_the_padded_forwards_under_checkpointing_and_lora(tok, reentrant):
     config = config_of("llama", tok)
     padded, packed = padded_and_packed(config)
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
     models = []
     for m in (padded, packed):
-        m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+        m.enable_input_require_grads()  # reentrant checkpointing passes gradients only to inputs that require them
         torch.manual_seed(1)
         models.append(get_peft_model(m, copy.deepcopy(lora)).train())
     ids, mask = rollout_like(tok)
     pos = position_ids_from(mask)
+    # reentrant checkpointing gives a prefix cache no gradient: the trainer splits no prefix then
+    split = None if reentrant else split_shared_prefix(ids, mask, PREFIX)
     grads = []
     for m in models:
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            logits = model_output(m, ids, mask, pos, split_shared_prefix(ids, mask, PREFIX), 4).logits
+            logits = model_output(m, ids, mask, pos, split, 4).logits
         logits.float().log_softmax(-1)[..., 7].sum().backward()
         grads.append({n: p.grad for n, p in m.named_parameters() if p.requires_grad})
     assert len(grads[0]) == 2 * 3 * 2  # lora_A and lora_B of 3 modules in 2 layers

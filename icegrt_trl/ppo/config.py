@@ -257,7 +257,7 @@ class PPOConfig(_BaseConfig):
         "help": "With cpu_bf16_eager_attention: run the rollout, reference and training forwards of Llama, Mistral "
                 "(without a sliding window) and Qwen2/3 models on each row's tokens without its left padding, packed "
                 "into one sequence; attention still attends row by row (same outputs up to float rounding). "
-                "SmolLM2-135M on chat prompts: one training step 1.53 s instead of 1.66 s (docs/benchmarks.md). "
+                "SmolLM2-135M on chat prompts: one training step 1.48 s instead of 1.63 s (docs/benchmarks.md). "
                 "Set False to run the padded rows as they are."})
     cpu_keep_freed_memory: bool = field(default=True, metadata={
         "help": "Training on a CPU with glibc (Linux): keep freed memory in the process (mallopt: no mmap, no heap "
