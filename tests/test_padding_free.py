@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM, Gemma2Config, MistralConfig, Qwen2Config, Qwen3Config
+from transformers import AutoModelForCausalLM, Gemma2Config, LlamaForCausalLM, MistralConfig, Qwen2Config, Qwen3Config
 
 from icegrt_trl import PPOConfig, PPOTrainer
 from icegrt_trl.ppo.grouped_attention import IMPLEMENTATION, PADDING_FREE, eager_implementation_for, register
@@ -195,3 +195,28 @@ def test_cpu_bf16_trainer_runs_padding_free_by_default_with_the_padded_runs_numb
     # one update: the same weights, up to float rounding
     for (n, p), q in zip(on.model.named_parameters(), off.model.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-5, msg=n)
+
+
+class NoLogitsToKeep(LlamaForCausalLM):
+    """A causal LM whose forward does not take `logits_to_keep` (as some custom models)."""
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, use_cache=None,
+                **kwargs):
+        kwargs.pop("logits_to_keep", None)
+        return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                               past_key_values=past_key_values, use_cache=use_cache, **kwargs)
+
+
+def test_padding_free_gives_full_logits_back_in_rows_to_a_model_without_logits_to_keep(tok):
+    config = config_of("llama", tok)
+    padded, _ = padded_and_packed(config)
+    custom = NoLogitsToKeep(copy.deepcopy(config)).eval()
+    custom.load_state_dict(padded.state_dict())
+    custom.set_attn_implementation(eager_implementation_for(config, padding_free=True))
+    ids, mask = rollout_like(tok)
+    pos = position_ids_from(mask)
+    with torch.no_grad():
+        a = model_output(padded, ids, mask, pos, None, 4).logits
+        b = model_output(custom, ids, mask, pos, None, 4).logits  # every position's logits, in the padded layout
+    assert b.shape == (4, 16, len(tok))
+    assert torch.equal(a, b[:, -4:])
