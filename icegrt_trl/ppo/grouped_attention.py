@@ -68,6 +68,7 @@ def register(name: str = IMPLEMENTATION) -> str:
 
 
 def _has_sliding_window(text) -> bool:
+    """Whether any layer of the text config ``text`` attends through a sliding window."""
     layer_types = getattr(text, "layer_types", None)
     if layer_types:
         return any(t != "full_attention" for t in layer_types)

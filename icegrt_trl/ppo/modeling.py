@@ -268,7 +268,7 @@ def model_output(model: nn.Module, input_ids, attention_mask, position_ids, spli
     :data:`.grouped_attention.PADDING_FREE` runs on the rows packed (:mod:`.padding_free`), same outputs."""
     if runs_padding_free(model):
         return padding_free_output(model, input_ids, attention_mask, position_ids, split, logits_to_keep,
-                                   bool(logits_kwargs(model, 1)), **kwargs)
+                                   takes_logits_to_keep=bool(logits_kwargs(model, 1)), **kwargs)
     cache = prefix_cache(model, split, **logits_kwargs(model, 1)) if split is not None else None
     if cache is not None:
         return forward_after_prefix(model, split, cache, **logits_kwargs(model, logits_to_keep), **kwargs)

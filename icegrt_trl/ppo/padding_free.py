@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .prefix import PrefixSplit, first_real_index
+from .prefix import PrefixSplit, cache_kept_under_checkpointing, first_real_index, prefix_cache
 
 # The keyword that carries a PackedRows through a transformers model down to its attention function.
 ROWS_KWARG = "icegrt_packed_rows"
@@ -112,8 +112,6 @@ def padding_free_output(model: nn.Module, input_ids, attention_mask, position_id
                         logits_to_keep: int, takes_logits_to_keep: bool, **kwargs):
     """``model`` (a decoder whose attention is :data:`.grouped_attention.PADDING_FREE`) on the rows packed, with
     its outputs put back into the padded layout (as :func:`.modeling.model_output` returns them)."""
-    from .prefix import _cache_kept_under_checkpointing, prefix_cache
-
     cache = None
     if split is not None:
         cache = prefix_cache(model, split, repeat=False, **({"logits_to_keep": 1} if takes_logits_to_keep else {}))
@@ -126,7 +124,7 @@ def padding_free_output(model: nn.Module, input_ids, attention_mask, position_id
     keep = {}
     if logits_to_keep > 0 and takes_logits_to_keep:
         keep = {"logits_to_keep": rows.last_positions(logits_to_keep)}
-    with _cache_kept_under_checkpointing(model):
+    with cache_kept_under_checkpointing(model):
         out = model(input_ids=rows.pack(ids), position_ids=rows.pack(pos), past_key_values=cache, use_cache=False,
                     **keep, **{ROWS_KWARG: rows}, **kwargs)
     if getattr(out, "logits", None) is not None:

@@ -114,7 +114,7 @@ def _checkpointing_paused(model: nn.Module):
 
 
 @contextlib.contextmanager
-def _cache_kept_under_checkpointing(model: nn.Module):
+def cache_kept_under_checkpointing(model: nn.Module):
     """transformers' checkpointed layers drop ``past_key_values`` unless ``_can_checkpoint_with_cache`` (for layers
     that only read the cache, as they do a :class:`ReadOnlyPrefixCache`): set it on them for this forward."""
     layers = _checkpointed_layers(model)
@@ -176,7 +176,7 @@ def prefix_cache(model: nn.Module, split: PrefixSplit, repeat: bool = True, **kw
 def forward_after_prefix(model: nn.Module, split: PrefixSplit, cache, **kwargs):
     """``model`` on the rows' rest after the prefix of ``cache`` (see :func:`prefix_cache`); under non-reentrant
     activation checkpointing too."""
-    with _cache_kept_under_checkpointing(model):
+    with cache_kept_under_checkpointing(model):
         return model(**rest_inputs(split, cache), use_cache=False, **kwargs)
 
 
