@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM, Gemma2Config, LlamaForCausalLM, MistralConfig, Qwen2Config, Qwen3Config
+from transformers import AutoModelForCausalLM, Gemma2Config, MistralConfig, Qwen2Config
 
 from icegrt_trl import PPOConfig, PPOTrainer
 from icegrt_trl.ppo.grouped_attention import IMPLEMENTATION, PADDING_FREE, eager_implementation_for, register
@@ -14,9 +14,9 @@ from icegrt_trl.ppo.modeling import model_output, position_ids_from, runs_paddin
 from icegrt_trl.ppo.padding_free import packed_rows
 from icegrt_trl.ppo.prefix import split_shared_prefix
 from icegrt_trl.testbed import build_tokenizer, gold_reward, make_datasets, tiny_config
+from test_grouped_attention import DIMS, gqa_config
+from test_ppo_speed_options import NoLogitsToKeep
 
-DIMS = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-            head_dim=8, max_position_embeddings=64)
 PREFIX = 5
 
 
@@ -26,13 +26,8 @@ def tok():
 
 
 def config_of(arch: str, tok):
-    if arch == "llama":
-        config = tiny_config("llama", tok, hidden_size=32, num_layers=2, num_heads=4)
-        config.num_key_value_heads = 2
-        return config
-    kinds = {"qwen2": Qwen2Config, "qwen3": Qwen3Config, "mistral": MistralConfig}
-    extra = {"sliding_window": None} if arch == "mistral" else {}
-    return kinds[arch](vocab_size=len(tok), pad_token_id=tok.pad_token_id, **DIMS, **extra)
+    """test_grouped_attention's grouped-query config; Mistral without a sliding window (padding-free packs none)."""
+    return gqa_config(arch, tok, **({"sliding_window": None} if arch == "mistral" else {}))
 
 
 def padded_and_packed(config, seed=0):
@@ -196,15 +191,6 @@ def test_cpu_bf16_trainer_runs_padding_free_by_default_with_the_padded_runs_numb
     for (n, p), q in zip(on.model.named_parameters(), off.model.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-5, msg=n)
 
-
-class NoLogitsToKeep(LlamaForCausalLM):
-    """A causal LM whose forward does not take `logits_to_keep` (as some custom models)."""
-
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, use_cache=None,
-                **kwargs):
-        kwargs.pop("logits_to_keep", None)
-        return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                               past_key_values=past_key_values, use_cache=use_cache, **kwargs)
 
 
 def test_padding_free_gives_full_logits_back_in_rows_to_a_model_without_logits_to_keep(tok):
