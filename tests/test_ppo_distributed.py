@@ -19,10 +19,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_process_run_keeps_replicas_and_plugin_state_in_sync(tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_two_process_run_keeps_replicas_and_plugin_state_in_sync(tmp_path, precision):
     out = tmp_path / "state.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(SCRIPT), str(out)]
+           "--master_port", str(_free_port()), str(SCRIPT), str(out)] + (["bf16"] if precision == "bf16" else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rank0, rank1 = json.loads(out.read_text()), json.loads(Path(str(out) + ".rank1").read_text())
@@ -34,6 +35,8 @@ def test_two_process_run_keeps_replicas_and_plugin_state_in_sync(tmp_path):
     assert rank0["reward_moments"] == rank1["reward_moments"]
     assert rank0["reward_moments"]["count"] == 2 * 16 * 2  # 2 rollouts × 16 sequences × 2 processes
     assert rank0["log"][-1]["objective/kl"] == rank1["log"][-1]["objective/kl"]
+    # on a CPU under bf16 every process runs the padding-free forwards (cpu_bf16_padding_free, a default)
+    assert rank0["attention"] == rank1["attention"] == ("icegrt_padding_free_eager" if precision == "bf16" else "sdpa")
 
 
 RESUME_SCRIPT = Path(__file__).parent / "scripts" / "ppo_two_processes_resume.py"
